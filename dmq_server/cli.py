@@ -1,0 +1,38 @@
+"""The `dmq` command line."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.group()
+@click.version_option(package_name="dmq")
+def main() -> None:
+    """dmq: a durable, replicated message queue."""
+
+
+@main.command("bench-store")
+@click.option("--messages", default=500_000, show_default=True, help="Messages to enqueue, then receive+delete.")
+@click.option("--batch", default=100, show_default=True, help="Messages per command.")
+@click.option("--body-bytes", default=100, show_default=True, help="Body size of each message.")
+@click.option("--consumed", default=1_000_000, show_default=True,
+              help="Messages consumed in all before the head-read latency is measured.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of progress lines.")
+def bench_store(messages: int, batch: int, body_bytes: int, consumed: int, as_json: bool) -> None:
+    """Benchmark one partition store through `apply`: enqueue, receive+delete, head read after many consumed."""
+    from dmq_server.store import bench
+
+    if not 1 <= batch <= 1_000:
+        raise click.BadParameter("must be from 1 to 1000", param_hint="--batch")
+    if messages < batch:
+        raise click.BadParameter("must be at least --batch", param_hint="--messages")
+    results = bench.run_in_temp(messages=messages, batch=batch, body_bytes=body_bytes, consumed=consumed,
+                                progress=(lambda line: None) if as_json else click.echo)
+    if as_json:
+        click.echo(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""The partition store: one queue partition's state machine over its own RocksDB."""
+
+from .config import QueueConfig
+from .db import SharedResources
+from .errors import CommandError, InvalidCommand, InvalidReceipt, MessageTooLarge, UnknownOperation
+from .partition import PartitionStore, StoreOptions
+
+__all__ = [
+    "CommandError",
+    "InvalidCommand",
+    "InvalidReceipt",
+    "MessageTooLarge",
+    "PartitionStore",
+    "QueueConfig",
+    "SharedResources",
+    "StoreOptions",
+    "UnknownOperation",
+]

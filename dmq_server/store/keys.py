@@ -1,0 +1,75 @@
+"""Key layout of a partition database: a one-byte prefix, then big-endian fields, so byte order is id order.
+
+See docs/STORE.md "Storage layout".
+"""
+
+from __future__ import annotations
+
+import struct
+
+META = b"\x00"
+MESSAGE = b"M"  # M id -> message record
+BACK = b"B"  # B id -> b"" : ready again, below the fresh cursor (standard queues)
+IN_FLIGHT = b"I"  # I deadline id -> b""
+DELAYED = b"D"  # D visible_at id -> b""
+HEAD = b"H"  # H id -> group : head of an eligible FIFO group
+GROUP = b"G"  # G group -> (head, tail, in-flight id)
+NEXT = b"N"  # N id -> next id of the same FIFO group
+DEDUP = b"U"  # U dedup id -> (message id, window end)
+DEDUP_EXPIRY = b"E"  # E window end dedup id -> b""
+DEAD = b"X"  # X id -> dead-letter record
+
+PREFIXES = (MESSAGE, BACK, IN_FLIGHT, DELAYED, HEAD, GROUP, NEXT, DEDUP, DEDUP_EXPIRY, DEAD)
+
+_U64 = struct.Struct(">Q")
+_U64_PAIR = struct.Struct(">QQ")
+_U64_TRIPLE = struct.Struct(">QQQ")
+
+
+def end_of(prefix: bytes) -> bytes:
+    """The first key after every key with this one-byte prefix."""
+    return bytes([prefix[0] + 1])
+
+
+def by_id(prefix: bytes, ident: int) -> bytes:
+    return prefix + _U64.pack(ident)
+
+
+def by_time(prefix: bytes, at: int, ident: int) -> bytes:
+    return prefix + _U64_PAIR.pack(at, ident)
+
+
+def time_and_id(key: bytes) -> tuple[int, int]:
+    return _U64_PAIR.unpack_from(key, 1)
+
+
+def id_of(key: bytes) -> int:
+    return _U64.unpack_from(key, 1)[0]
+
+
+def dedup_expiry(at: int, dedup_id: bytes) -> bytes:
+    return DEDUP_EXPIRY + _U64.pack(at) + dedup_id
+
+
+def pack_u64(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+def unpack_u64(raw: bytes) -> int:
+    return _U64.unpack(raw)[0]
+
+
+def pack_pair(first: int, second: int) -> bytes:
+    return _U64_PAIR.pack(first, second)
+
+
+def unpack_pair(raw: bytes) -> tuple[int, int]:
+    return _U64_PAIR.unpack(raw)
+
+
+def pack_triple(first: int, second: int, third: int) -> bytes:
+    return _U64_TRIPLE.pack(first, second, third)
+
+
+def unpack_triple(raw: bytes) -> tuple[int, int, int]:
+    return _U64_TRIPLE.unpack(raw)

@@ -1,0 +1,55 @@
+"""The partition's meta record: applied index, counters, cursors and configuration, rewritten by every command."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import msgpack
+
+from .config import QueueConfig
+
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(slots=True)
+class Meta:
+    applied: int = 0  # last Raft index applied
+    last_now: int = 0  # effective time never moves backwards
+    next_id: int = 1
+    count: int = 0
+    ready: int = 0
+    in_flight: int = 0
+    delayed: int = 0
+    bytes: int = 0
+    dead_letters: int = 0
+    fresh: int = 1  # standard queues: every ready message with id >= fresh was never delivered
+    message_low: int = 1  # no message has a lower id
+    back_low: int = 1  # no B entry has a lower id
+    head_low: int = 1  # no H entry has a lower id
+    dead_low: int = 1  # no dead-letter record has a lower id
+    in_flight_cursor: bytes = b"I"  # I keys below were all handled
+    delayed_cursor: bytes = b"D"
+    dedup_cursor: bytes = b"E"
+    config: QueueConfig = dataclasses.field(default_factory=QueueConfig)
+
+    def encode(self) -> bytes:
+        fields = [getattr(self, name) for name in _FIELDS]
+        fields[-1] = self.config.to_dict()
+        return msgpack.packb([FORMAT_VERSION, fields])
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> "Meta":
+        if raw is None:
+            return cls()
+        version, fields = msgpack.unpackb(raw)
+        if version != FORMAT_VERSION:
+            raise RuntimeError(f"partition meta format {version} is not supported by this dmq (expects "
+                               f"{FORMAT_VERSION})")
+        fields[-1] = QueueConfig.from_dict(fields[-1])
+        return cls(*fields)
+
+    def copy(self) -> "Meta":
+        return dataclasses.replace(self)
+
+
+_FIELDS = tuple(field.name for field in dataclasses.fields(Meta))

@@ -1,0 +1,593 @@
+"""The partition state machine: one queue partition over its own RocksDB (semantics: docs/STORE.md).
+
+`apply(index, command)` is the only way state changes. It is deterministic: the time comes inside the command, and
+nothing but this partition's database is read or written. All writes of a command, with the new applied index,
+counters and cursors, are one WriteBatch, so a crash leaves the state of commands 1..applied_index exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgpack
+from rocksdict import Checkpoint, Rdict
+
+from . import commands, keys, records
+from .compactor import Compactor
+from .config import QueueConfig, updated_config
+from .db import DEFAULT_RESOURCES, SharedResources, open_partition_db, unsynced_writes
+from .errors import QUEUE_FULL, RECEIPT_EXPIRED, CommandError, InvalidCommand, UnknownOperation
+from .meta import Meta
+from .txn import Txn, bounded
+
+_NO_GROUP_IN_FLIGHT = 0
+# Indexes a command may scan after adding keys to them (the advance step makes messages ready, then a receive
+# picks from B or H); Txn merges its own writes into scans of these prefixes only.
+_SCANNED_AFTER_INSERT = (keys.BACK, keys.HEAD)
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreOptions:
+    advance_limit: int = 10_000  # items per advance step per command
+    scan_limit: int = 10_000  # delayed or in-flight records a receive may step over in the fresh range
+    write_buffer_bytes: int = 16 << 20
+    compact_after_deletes: int = 100_000  # ask the compactor to clean consumed ranges after this many removals
+    resources: SharedResources = DEFAULT_RESOURCES
+    compactor: Compactor | None = None  # None: consumed ranges are left to RocksDB's own compactions
+
+
+class PartitionStore:
+    def __init__(self, path: str, options: StoreOptions | None = None) -> None:
+        self.path = path
+        self._options = options or StoreOptions()
+        self._db: Rdict | None = open_partition_db(path, self._options.resources, self._options.write_buffer_bytes)
+        self._meta = Meta.decode(self._db.get(keys.META))
+        self._write_options = unsynced_writes()
+        self._removed_since_compaction = 0
+        self._lock = threading.Lock()  # orders close() against a background compaction
+        self._handlers: dict[str, Callable[[Txn, Meta, dict[str, Any], int], Any]] = {
+            "configure": self._configure,
+            "enqueue": self._enqueue,
+            "receive": self._receive,
+            "delete": self._delete,
+            "change_visibility": self._change_visibility,
+            "purge": self._purge,
+            "tick": self._tick,
+            "ack_dead_letters": self._ack_dead_letters,
+        }
+
+    # ------------------------------------------------------------------ applying
+
+    @property
+    def applied_index(self) -> int:
+        return self._meta.applied
+
+    def apply(self, index: int, command: Any) -> Any:
+        assert type(index) is int and index >= 1, f"raft index must be a positive int, got {index!r}"
+        if index <= self._meta.applied:
+            return None
+        meta = self._meta.copy()
+        meta.applied = index
+        try:
+            if not isinstance(command, dict):
+                raise InvalidCommand("a command is a map with at least 'op' and 'now'")
+            handler = self._handlers.get(command.get("op"))  # type: ignore[arg-type]
+            if handler is None:
+                raise UnknownOperation(f"unknown operation {command.get('op')!r}; known: {', '.join(self._handlers)}")
+            now = commands.now_of(command)
+        except CommandError:
+            self._commit_meta_only(meta)
+            raise
+        meta.last_now = max(meta.last_now, now)
+        txn = Txn(self._database(), _SCANNED_AFTER_INSERT)
+        try:
+            result = handler(txn, meta, command, meta.last_now)
+        except CommandError:
+            self._commit_meta_only(_with_applied(self._meta, index))
+            raise
+        txn.put(keys.META, meta.encode())
+        txn.commit(self._write_options)
+        self._meta = meta
+        return result
+
+    def _commit_meta_only(self, meta: Meta) -> None:
+        txn = Txn(self._database())
+        txn.put(keys.META, meta.encode())
+        txn.commit(self._write_options)
+        self._meta = meta
+
+    def _database(self) -> Rdict:
+        if self._db is None:
+            raise RuntimeError(f"partition store {self.path} is closed")
+        return self._db
+
+    # ------------------------------------------------------------------ commands
+
+    def _configure(self, txn: Txn, meta: Meta, command: dict[str, Any], now: int) -> dict[str, Any]:
+        meta.config = updated_config(meta.config, command.get("attrs"), ever_had_messages=meta.next_id > 1)
+        return meta.config.to_dict()
+
+    def _enqueue(self, txn: Txn, meta: Meta, command: dict[str, Any], now: int) -> list[dict[str, Any]]:
+        config = meta.config
+        messages = commands.parse_enqueue(command, config)
+        results: list[dict[str, Any]] = []
+        for message in messages:
+            if message.dedup_id is not None:
+                remembered = txn.get(keys.DEDUP + message.dedup_id)
+                if remembered is not None:
+                    original, window_end = keys.unpack_pair(remembered)
+                    if window_end > now:
+                        results.append({"id": original, "duplicate": True})
+                        continue
+            if meta.count >= config.max_messages:
+                results.append({"error": QUEUE_FULL})
+                continue
+            ident = meta.next_id
+            meta.next_id += 1
+            delay = config.delay_ms if message.delay_ms is None else message.delay_ms
+            group = (message.group or b"") if config.fifo else message.group
+            if delay > 0:
+                visible_at = now + delay
+                txn.put(keys.by_id(keys.MESSAGE, ident), records.encode(
+                    records.DELAYED, now, visible_at, 0, group, message.attrs, message.body))
+                txn.put(keys.by_time(keys.DELAYED, visible_at, ident), b"")
+                meta.delayed += 1
+            else:
+                txn.put(keys.by_id(keys.MESSAGE, ident), records.encode(
+                    records.READY, now, 0, 0, group, message.attrs, message.body))
+                meta.ready += 1
+            meta.count += 1
+            meta.bytes += len(message.body) + len(message.attrs)
+            if message.dedup_id is not None:
+                window_end = now + config.dedup_window_ms
+                txn.put(keys.DEDUP + message.dedup_id, keys.pack_pair(ident, window_end))
+                txn.put(keys.dedup_expiry(window_end, message.dedup_id), b"")
+            if config.fifo:
+                assert group is not None
+                self._group_append(txn, meta, group, ident, ready=delay == 0)
+            results.append({"id": ident, "duplicate": False})
+        return results
+
+    def _receive(self, txn: Txn, meta: Meta, command: dict[str, Any], now: int) -> list[dict[str, Any]]:
+        count, visibility = commands.parse_receive(command)
+        if visibility is None:
+            visibility = meta.config.visibility_timeout_ms
+        self._tick(txn, meta, command, now)
+        picked = self._pick_fifo(txn, meta, count) if meta.config.fifo else self._pick_standard(txn, meta, count)
+        deadline = now + visibility
+        delivered = []
+        for ident, record in picked:
+            head = records.header(record)
+            record = records.with_header(record, head, records.IN_FLIGHT, deadline, head.receive_count + 1)
+            txn.put(keys.by_id(keys.MESSAGE, ident), record)
+            txn.put(keys.by_time(keys.IN_FLIGHT, deadline, ident), b"")
+            message = records.decode(ident, record)
+            message["receipt"] = [ident, message["receive_count"]]
+            delivered.append(message)
+        meta.ready -= len(picked)
+        meta.in_flight += len(picked)
+        return delivered
+
+    def _pick_standard(self, txn: Txn, meta: Meta, count: int) -> list[tuple[int, bytes]]:
+        """The `count` ready messages with the lowest ids. B holds the ready ids below the fresh cursor, so it
+        comes first; then the fresh range of M, read straight from the message records."""
+        picked: list[tuple[int, bytes]] = []
+        back_low = meta.back_low
+        meta.back_low = meta.next_id  # unless a B entry is left below
+        for ident in self._scan_ids(txn, keys.BACK, back_low):
+            if len(picked) == count:
+                meta.back_low = ident
+                return picked
+            picked.append(self._take_back(txn, ident))
+        if len(picked) == count:
+            return picked
+        stepped_over = 0
+        for key, record in txn.scan(keys.by_id(keys.MESSAGE, meta.fresh), keys.end_of(keys.MESSAGE)):
+            ident = keys.id_of(key)
+            if record[0] != records.READY:
+                # Delayed, or made ready and handed out through B: below the cursor D and B find it.
+                meta.fresh = ident + 1
+                stepped_over += 1
+                if stepped_over == self._options.scan_limit:
+                    return picked
+                continue
+            if len(picked) == count:
+                meta.fresh = ident
+                return picked
+            picked.append((ident, record))
+            meta.fresh = ident + 1
+        meta.fresh = meta.next_id
+        return picked
+
+    @staticmethod
+    def _take_back(txn: Txn, ident: int) -> tuple[int, bytes]:
+        record = txn.get(keys.by_id(keys.MESSAGE, ident))
+        assert record is not None and record[0] == records.READY, ident
+        txn.delete(keys.by_id(keys.BACK, ident))
+        return ident, record
+
+    def _pick_fifo(self, txn: Txn, meta: Meta, count: int) -> list[tuple[int, bytes]]:
+        """Heads of eligible groups, lowest id first; each picked group is in flight afterwards."""
+        picked: list[tuple[int, bytes]] = []
+        next_low = meta.next_id
+        for key, group in txn.scan(keys.by_id(keys.HEAD, meta.head_low), keys.end_of(keys.HEAD)):
+            ident = keys.id_of(key)
+            if len(picked) == count:
+                next_low = ident
+                break
+            record = txn.get(keys.by_id(keys.MESSAGE, ident))
+            assert record is not None and records.header(record).state == records.READY, ident
+            txn.delete(key)
+            head, tail, in_flight = keys.unpack_triple(self._group(txn, group))
+            assert head == ident and in_flight == _NO_GROUP_IN_FLIGHT, (ident, head, in_flight)
+            txn.put(keys.GROUP + group, keys.pack_triple(head, tail, ident))
+            picked.append((ident, record))
+        meta.head_low = next_low
+        return picked
+
+    def _delete(self, txn: Txn, meta: Meta, command: dict[str, Any], now: int) -> list[dict[str, Any]]:
+        receipts = commands.parse_delete(command)
+        message_keys = [keys.by_id(keys.MESSAGE, ident) for ident, _ in receipts]
+        txn.prefetch(message_keys)
+        results: list[dict[str, Any]] = []
+        removed = 0
+        for key, (ident, receive_count) in zip(message_keys, receipts):
+            record = txn.get(key)
+            if record is None:
+                results.append({"ok": True, "gone": True})
+                continue
+            head = records.header(record)
+            if head.receive_count != receive_count:
+                results.append({"error": RECEIPT_EXPIRED})
+            else:
+                self._remove(txn, meta, ident, record, head)
+                removed += 1
+                results.append({"ok": True})
+        self._note_removed(removed)
+        return results
+
+    def _change_visibility(self, txn: Txn, meta: Meta, command: dict[str, Any], now: int) -> list[dict[str, Any]]:
+        entries = commands.parse_change_visibility(command)
+        txn.prefetch([keys.by_id(keys.MESSAGE, ident) for ident, _, _ in entries])
+        results: list[dict[str, Any]] = []
+        for ident, receive_count, visibility in entries:
+            record = txn.get(keys.by_id(keys.MESSAGE, ident))
+            head = None if record is None else records.header(record)
+            if head is None or head.state != records.IN_FLIGHT or head.receive_count != receive_count \
+                    or head.timer <= now:
+                results.append({"error": RECEIPT_EXPIRED})
+                continue
+            assert record is not None
+            deadline = now + visibility
+            txn.delete(keys.by_time(keys.IN_FLIGHT, head.timer, ident))
+            txn.put(keys.by_time(keys.IN_FLIGHT, deadline, ident), b"")
+            txn.put(keys.by_id(keys.MESSAGE, ident), records.with_header(
+                record, head, records.IN_FLIGHT, deadline, receive_count))
+            results.append({"ok": True, "deadline": deadline})
+        return results
+
+    def _purge(self, txn: Txn, meta: Meta, command: dict[str, Any], now: int) -> dict[str, int]:
+        purged = meta.count
+        for prefix in (keys.MESSAGE, keys.BACK, keys.IN_FLIGHT, keys.DELAYED, keys.HEAD, keys.GROUP, keys.NEXT):
+            txn.delete_range(prefix, keys.end_of(prefix))
+        meta.count = meta.ready = meta.in_flight = meta.delayed = meta.bytes = 0
+        meta.fresh = meta.message_low = meta.back_low = meta.head_low = meta.next_id
+        self._note_removed(purged)
+        return {"purged": purged}
+
+    def _tick(self, txn: Txn, meta: Meta, command: dict[str, Any], now: int) -> dict[str, int]:
+        counts = self._advance(txn, meta, now)
+        self._note_removed(counts["expired"] + counts["dead_lettered"])
+        return counts
+
+    def _ack_dead_letters(self, txn: Txn, meta: Meta, command: dict[str, Any], now: int) -> dict[str, int]:
+        upto = commands.parse_ack_dead_letters(command)
+        removed = 0
+        low = max(meta.dead_low, min(upto + 1, meta.next_id))
+        for key, _ in txn.scan(keys.by_id(keys.DEAD, meta.dead_low), keys.end_of(keys.DEAD)):
+            ident = keys.id_of(key)
+            if ident > upto:
+                break
+            if removed == self._options.advance_limit:
+                low = ident
+                break
+            txn.delete(key)
+            removed += 1
+        meta.dead_letters -= removed
+        meta.dead_low = low
+        return {"removed": removed}
+
+    # ------------------------------------------------------------------ advancing time
+
+    def _advance(self, txn: Txn, meta: Meta, now: int) -> dict[str, int]:
+        counts = {"expired": self._expire_retention(txn, meta, now)}
+        counts["returned"], counts["dead_lettered"] = self._expire_visibility(txn, meta, now)
+        counts["due"] = self._release_delayed(txn, meta, now)
+        counts["dedup_expired"] = self._forget_dedup(txn, meta, now)
+        return counts
+
+    def _expire_retention(self, txn: Txn, meta: Meta, now: int) -> int:
+        retention = meta.config.retention_ms
+        expired = 0
+        for key, record in txn.scan(keys.by_id(keys.MESSAGE, meta.message_low), keys.end_of(keys.MESSAGE)):
+            ident = keys.id_of(key)
+            meta.message_low = ident
+            head = records.header(record)
+            if expired == self._options.advance_limit or head.enqueued_at + retention > now:
+                return expired
+            self._remove(txn, meta, ident, record, head)
+            expired += 1
+        meta.message_low = meta.next_id
+        return expired
+
+    def _expire_visibility(self, txn: Txn, meta: Meta, now: int) -> tuple[int, int]:
+        returned = dead_lettered = 0
+        end = keys.by_time(keys.IN_FLIGHT, now + 1, 0)
+        for key, _ in txn.scan(meta.in_flight_cursor, end):
+            if returned + dead_lettered == self._options.advance_limit:
+                meta.in_flight_cursor = key
+                return returned, dead_lettered
+            _, ident = keys.time_and_id(key)
+            record = txn.get(keys.by_id(keys.MESSAGE, ident))
+            assert record is not None, ident
+            head = records.header(record)
+            assert head.state == records.IN_FLIGHT, (ident, head)
+            max_receives = meta.config.max_receives
+            if max_receives and head.receive_count >= max_receives:
+                self._dead_letter(txn, meta, ident, record, head, now)
+                dead_lettered += 1
+                continue
+            txn.delete(key)
+            txn.put(keys.by_id(keys.MESSAGE, ident), records.with_header(
+                record, head, records.READY, 0, head.receive_count))
+            meta.in_flight -= 1
+            meta.ready += 1
+            self._made_ready(txn, meta, ident, records.group_of(record, head))
+            returned += 1
+        meta.in_flight_cursor = keys.by_time(keys.IN_FLIGHT, now, 0)
+        return returned, dead_lettered
+
+    def _release_delayed(self, txn: Txn, meta: Meta, now: int) -> int:
+        due = 0
+        end = keys.by_time(keys.DELAYED, now + 1, 0)
+        for key, _ in txn.scan(meta.delayed_cursor, end):
+            if due == self._options.advance_limit:
+                meta.delayed_cursor = key
+                return due
+            _, ident = keys.time_and_id(key)
+            record = txn.get(keys.by_id(keys.MESSAGE, ident))
+            assert record is not None, ident
+            head = records.header(record)
+            assert head.state == records.DELAYED, (ident, head)
+            txn.delete(key)
+            txn.put(keys.by_id(keys.MESSAGE, ident), records.with_header(
+                record, head, records.READY, 0, head.receive_count))
+            meta.delayed -= 1
+            meta.ready += 1
+            self._made_ready(txn, meta, ident, records.group_of(record, head))
+            due += 1
+        meta.delayed_cursor = keys.by_time(keys.DELAYED, now, 0)
+        return due
+
+    def _forget_dedup(self, txn: Txn, meta: Meta, now: int) -> int:
+        forgotten = 0
+        end = keys.dedup_expiry(now + 1, b"")
+        for key, _ in txn.scan(meta.dedup_cursor, end):
+            if forgotten == self._options.advance_limit:
+                meta.dedup_cursor = key
+                return forgotten
+            window_end = keys.unpack_u64(key[1:9])
+            dedup_key = keys.DEDUP + key[9:]
+            remembered = txn.get(dedup_key)
+            if remembered is not None and keys.unpack_pair(remembered)[1] == window_end:
+                txn.delete(dedup_key)
+            txn.delete(key)
+            forgotten += 1
+        meta.dedup_cursor = keys.dedup_expiry(now, b"")
+        return forgotten
+
+    # ------------------------------------------------------------------ shared transitions
+
+    def _made_ready(self, txn: Txn, meta: Meta, ident: int, group: bytes | None) -> None:
+        """Index a message that just became ready (visibility expired or delay due)."""
+        if meta.config.fifo:
+            assert group is not None
+            head, tail, in_flight = keys.unpack_triple(self._group(txn, group))
+            if in_flight == ident:
+                txn.put(keys.GROUP + group, keys.pack_triple(head, tail, _NO_GROUP_IN_FLIGHT))
+                in_flight = _NO_GROUP_IN_FLIGHT
+            if head == ident and in_flight == _NO_GROUP_IN_FLIGHT:
+                self._index_head(txn, meta, ident, group)
+        elif ident < meta.fresh:
+            txn.put(keys.by_id(keys.BACK, ident), b"")
+            meta.back_low = min(meta.back_low, ident)
+        # else: still in the fresh range, where a receive finds it directly in M
+
+    def _remove(self, txn: Txn, meta: Meta, ident: int, record: bytes, head: records.Header) -> None:
+        """Remove a message in any state from every index; `head` is its record's header."""
+        state = head.state
+        if state == records.IN_FLIGHT:
+            txn.delete(keys.by_time(keys.IN_FLIGHT, head.timer, ident))
+            meta.in_flight -= 1
+        elif state == records.READY:
+            meta.ready -= 1
+            # FIFO: its H entry, if any, goes in _group_remove_head
+            if not meta.config.fifo and ident < meta.fresh:
+                txn.delete(keys.by_id(keys.BACK, ident))
+        else:
+            txn.delete(keys.by_time(keys.DELAYED, head.timer, ident))
+            meta.delayed -= 1
+        txn.delete(keys.by_id(keys.MESSAGE, ident))
+        meta.count -= 1
+        meta.bytes -= records.size_of(head, record)
+        if meta.config.fifo:
+            group = records.group_of(record, head)
+            assert group is not None
+            self._group_remove_head(txn, meta, group, ident, was_ready=state == records.READY)
+
+    def _dead_letter(self, txn: Txn, meta: Meta, ident: int, record: bytes, head: records.Header,
+                     now: int) -> None:
+        letter = records.decode(ident, record)
+        del letter["deadline"]
+        letter["dead_lettered_at"] = now
+        self._remove(txn, meta, ident, record, head)
+        txn.put(keys.by_id(keys.DEAD, ident), msgpack.packb(letter))
+        meta.dead_letters += 1
+
+    # ------------------------------------------------------------------ FIFO groups
+
+    def _group(self, txn: Txn, group: bytes) -> bytes:
+        raw = txn.get(keys.GROUP + group)
+        assert raw is not None, group
+        return raw
+
+    def _index_head(self, txn: Txn, meta: Meta, ident: int, group: bytes) -> None:
+        txn.put(keys.by_id(keys.HEAD, ident), group)
+        meta.head_low = min(meta.head_low, ident)
+
+    def _group_append(self, txn: Txn, meta: Meta, group: bytes, ident: int, *, ready: bool) -> None:
+        raw = txn.get(keys.GROUP + group)
+        if raw is None:
+            txn.put(keys.GROUP + group, keys.pack_triple(ident, ident, _NO_GROUP_IN_FLIGHT))
+            if ready:
+                self._index_head(txn, meta, ident, group)
+            return
+        head, tail, in_flight = keys.unpack_triple(raw)
+        txn.put(keys.by_id(keys.NEXT, tail), keys.pack_u64(ident))
+        txn.put(keys.GROUP + group, keys.pack_triple(head, ident, in_flight))
+
+    def _group_remove_head(self, txn: Txn, meta: Meta, group: bytes, ident: int, *, was_ready: bool) -> None:
+        """Messages leave a FIFO group only at its head: deletes and dead letters need a delivery, which only
+        the head gets, and retention removes the lowest ids first."""
+        head, tail, in_flight = keys.unpack_triple(self._group(txn, group))
+        assert head == ident and in_flight in (_NO_GROUP_IN_FLIGHT, ident), (ident, head, in_flight)
+        if was_ready and in_flight == _NO_GROUP_IN_FLIGHT:
+            txn.delete(keys.by_id(keys.HEAD, ident))
+        following = txn.get(keys.by_id(keys.NEXT, ident))
+        if following is None:
+            txn.delete(keys.GROUP + group)
+            return
+        txn.delete(keys.by_id(keys.NEXT, ident))
+        new_head = keys.unpack_u64(following)
+        txn.put(keys.GROUP + group, keys.pack_triple(new_head, tail, _NO_GROUP_IN_FLIGHT))
+        new_record = txn.get(keys.by_id(keys.MESSAGE, new_head))
+        assert new_record is not None, new_head
+        if new_record[0] == records.READY:
+            self._index_head(txn, meta, new_head, group)
+
+    # ------------------------------------------------------------------ scans
+
+    @staticmethod
+    def _scan_ids(txn: Txn, prefix: bytes, low: int) -> Iterator[int]:
+        for key, _ in txn.scan(keys.by_id(prefix, low), keys.end_of(prefix)):
+            yield keys.id_of(key)
+
+    # ------------------------------------------------------------------ queries (no writes)
+
+    def config(self) -> dict[str, Any]:
+        return self._meta.config.to_dict()
+
+    def stats(self, now: int) -> dict[str, int]:
+        meta = self._meta
+        oldest = next(iter(self.peek(1)), None)
+        return {
+            "count": meta.count,
+            "ready": meta.ready,
+            "in_flight": meta.in_flight,
+            "delayed": meta.delayed,
+            "bytes": meta.bytes,
+            "oldest_age_ms": max(0, now - oldest["enqueued_at"]) if oldest else 0,
+            "next_id": meta.next_id,
+            "applied_index": meta.applied,
+            "dead_letters": meta.dead_letters,
+        }
+
+    def peek(self, count: int) -> list[dict[str, Any]]:
+        """The first `count` messages by id, in any state."""
+        messages = []
+        start = keys.by_id(keys.MESSAGE, self._meta.message_low)
+        for key, record in self._database().items(from_key=start, read_opt=bounded(keys.end_of(keys.MESSAGE))):
+            if len(messages) == count:
+                break
+            messages.append(records.decode(keys.id_of(key), record))
+        return messages
+
+    def dead_letters(self, limit: int) -> list[dict[str, Any]]:
+        letters = []
+        start = keys.by_id(keys.DEAD, self._meta.dead_low)
+        for key, raw in self._database().items(from_key=start, read_opt=bounded(keys.end_of(keys.DEAD))):
+            if len(letters) == limit:
+                break
+            letters.append(msgpack.unpackb(raw))
+        return letters
+
+    def receivable(self, now: int, count: int) -> list[int]:
+        """The ids a receive at `now` for `count` messages would pick; computed on a copy, written nowhere."""
+        meta = self._meta.copy()
+        now = max(now, meta.last_now)
+        txn = Txn(self._database(), _SCANNED_AFTER_INSERT)
+        self._advance(txn, meta, now)
+        picked = self._pick_fifo(txn, meta, count) if meta.config.fifo else self._pick_standard(txn, meta, count)
+        return [ident for ident, _ in picked]
+
+    # ------------------------------------------------------------------ snapshots, compaction, lifecycle
+
+    def checkpoint(self, target_dir: str) -> None:
+        """A consistent copy of the partition at applied_index (hard links where possible)."""
+        Checkpoint(self._database()).create_checkpoint(target_dir)
+
+    @classmethod
+    def restore(cls, checkpoint_dir: str, path: str, options: StoreOptions | None = None) -> "PartitionStore":
+        """Replace the partition at `path` by a checkpoint's content and open it. The caller closed the old one."""
+        staging = path + ".restoring"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(checkpoint_dir, staging)
+        shutil.rmtree(path, ignore_errors=True)
+        os.rename(staging, path)
+        return cls(path, options)
+
+    def _note_removed(self, removed: int) -> None:
+        self._removed_since_compaction += removed
+        if self._removed_since_compaction >= self._options.compact_after_deletes and self._options.compactor:
+            self._removed_since_compaction = 0
+            self._options.compactor.request(self)
+
+    def compact_consumed(self) -> None:
+        """Compact the index ranges below the cursors, where only tombstones remain."""
+        with self._lock:
+            if self._db is None:
+                return
+            meta = self._meta
+            ranges = [
+                (keys.MESSAGE, keys.by_id(keys.MESSAGE, meta.message_low)),
+                (keys.BACK, keys.by_id(keys.BACK, meta.back_low)),
+                (keys.HEAD, keys.by_id(keys.HEAD, meta.head_low)),
+                (keys.IN_FLIGHT, meta.in_flight_cursor),
+                (keys.DELAYED, meta.delayed_cursor),
+                (keys.DEDUP_EXPIRY, meta.dedup_cursor),
+                (keys.DEAD, keys.by_id(keys.DEAD, meta.dead_low)),
+            ]
+            for begin, end in ranges:
+                self._db.compact_range(begin, end)
+
+    def close(self) -> None:
+        if self._options.compactor:
+            self._options.compactor.cancel(self)
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+
+def _with_applied(meta: Meta, index: int) -> Meta:
+    recorded = meta.copy()
+    recorded.applied = index
+    return recorded
+
+
+__all__ = ["PartitionStore", "StoreOptions", "QueueConfig"]
