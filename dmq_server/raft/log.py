@@ -1,0 +1,448 @@
+"""A Raft log kept in RocksDB, plugged into pysyncobj in place of its journal.
+
+pysyncobj talks to its log through the ``pysyncobj.journal.Journal`` interface: ``add``, ``clear``,
+``deleteEntriesFrom`` / ``deleteEntriesTo`` (both take *positions* in the log, not Raft indexes), ``__getitem__``
+with ints and slices, ``__len__``, the commit-index / current-term / vote getters and setters, ``onOneSecondTimer``,
+``flush`` and ``_destroy``. An entry is the tuple ``(command: bytes, index: int, term: int)``; the indexes of the
+entries in the log are contiguous, the first one being whatever the first ``add`` after an empty log said.
+
+Durability model (group commit):
+
+* Every mutation is written with ``sync=False`` (WAL on). RocksDB's WAL is prefix-consistent, so after a crash the
+  log is always a prefix of what was written, and a stored commit index never points past the stored entries.
+* :meth:`RaftLog.sync` (alias :meth:`flush`) makes everything written so far durable with ONE
+  ``flush_wal(sync=True)``, which releases the GIL during the fsync. It is a no-op when nothing was written since the
+  last sync. ``pysyncobj_fixes.SyncObj`` calls it before a follower acknowledges ``append_entries`` and before the
+  leader counts its own entries toward the commit index.
+* :meth:`setCurrentTerm` (term + vote) is written and fsynced before it returns, i.e. before pysyncobj sends a vote or
+  a vote request that reflects it.
+* The commit index is only a restart hint (it lets a restarted node re-apply its committed entries without waiting
+  for a leader); it is written lazily (``onOneSecondTimer`` / ``sync``) and clamped to the last entry on open.
+
+Storage layout (one RocksDB database per Raft group, raw mode, big-endian integers, default column family only):
+
+* ``b"e" + index(8)``  -> ``term(8) + command``    one key per entry
+* ``b"mfirst"``        -> ``index(8)``               first index of the log; absent when the log is empty
+* ``b"mterm"``         -> ``term(8) + vote``         vote: ``b"\\x00"`` for None, ``b"\\x01" + utf-8 node id``
+* ``b"mcommit"``       -> ``index(8)``               commit-index hint
+
+Entries are removed with range deletes (one tombstone per truncation or compaction). Reads of recent entries come
+from an in-memory tail cache, because pysyncobj reads the tail constantly (sending to followers, applying); older
+entries (slow followers, replay after a restart) are read from RocksDB. The cache is a pure read cache: every entry
+is in RocksDB before ``add`` returns, and nothing is acknowledged before :meth:`sync`.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+
+from pysyncobj.journal import Journal
+from rocksdict import Options, ReadOptions, Rdict, WriteBatch, WriteOptions
+
+__all__ = ["RaftLog", "LogError"]
+
+_U64 = struct.Struct(">Q")
+_ENTRY_PREFIX = b"e"
+_ENTRY_END = b"f"  # exclusive upper bound of the entry key range
+_K_FIRST = b"mfirst"
+_K_TERM = b"mterm"
+_K_COMMIT = b"mcommit"
+_ENTRY_OVERHEAD = 96  # rough per-entry memory overhead of a cached tuple, for the cache byte budget
+
+
+class LogError(Exception):
+    """The caller broke the log's contract (non-contiguous index, ...) or the stored log is inconsistent."""
+
+
+def _ekey(index: int) -> bytes:
+    return _ENTRY_PREFIX + _U64.pack(index)
+
+
+def _decode_entry(key: bytes, value: bytes) -> tuple:
+    return (value[8:], _U64.unpack_from(key, 1)[0], _U64.unpack_from(value)[0])
+
+
+class RaftLog(Journal):
+    """RocksDB-backed Raft log for pysyncobj (see the module docstring).
+
+    Not thread-safe for concurrent mutation: pysyncobj calls it from its tick thread only. ``len()`` and the
+    properties may be read from other threads.
+    """
+
+    def __init__(self, path: str, *, cache_max_bytes: int = 64 << 20, cache_max_entries: int = 200_000,
+                 options: Options | None = None):
+        self._path = path
+        os.makedirs(path, exist_ok=True)
+        if options is None:
+            options = Options(raw_mode=True)
+            options.create_if_missing(True)
+            options.set_max_background_jobs(2)
+            options.set_max_total_wal_size(64 << 20)
+        self._db = Rdict(path, options)
+        self._wo = WriteOptions()
+        self._wo.sync = False
+        self._cache_max_bytes = max(1, int(cache_max_bytes))
+        self._cache_max_entries = max(2, int(cache_max_entries))
+        self._lock = threading.Lock()  # guards the (rare) cross-thread readers against cache compaction
+        self._closed = False
+
+        # Durability bookkeeping
+        self._dirty = False  # something was written since the last flush_wal(sync=True)
+        self._sync_count = 0  # number of fsyncs performed (metrics / tests)
+        self._durable_last = 0  # last index known durable (0: none)
+
+        # Meta
+        raw = self._db.get(_K_TERM)
+        if raw is None:
+            self._term, self._vote = 0, None
+        else:
+            self._term = _U64.unpack_from(raw)[0]
+            self._vote = raw[9:].decode("utf-8") if raw[8:9] == b"\x01" else None
+        raw = self._db.get(_K_COMMIT)
+        self._commit = _U64.unpack(raw)[0] if raw is not None else 1
+        self._commit_saved = True
+
+        # Bounds
+        raw = self._db.get(_K_FIRST)
+        last = self._find_last_index()
+        if raw is None and last is not None:
+            raise LogError(f"stored log has entries (up to {last}) but no first-index record")
+        if raw is None or last is None:
+            self._first, self._last = 0, -1  # empty: len == 0
+        else:
+            self._first, self._last = _U64.unpack(raw)[0], last
+            if self._last < self._first:
+                raise LogError(f"stored log bounds inconsistent: first={self._first} last={self._last}")
+        self._durable_last = self._last if self._last >= self._first else 0
+        if self._last >= self._first and self._commit > self._last:
+            self._commit = self._last  # a commit hint never points past the log (cf. pysyncobj PR #197)
+
+        # Tail cache: entries for indexes [self._cache_start, self._last], stored in self._cache[self._cache_off:]
+        self._cache: list = []
+        self._cache_off = 0
+        self._cache_bytes = 0
+        self._cache_start = self._last + 1
+        self._head: list = []  # the first (up to) 2 entries, pysyncobj reads log[0] and log[1] constantly
+        if len(self) > 0:
+            start = max(self._first, self._last - self._cache_max_entries + 1)
+            entries = self._read_db(start, self._last + 1)
+            if len(entries) != self._last - start + 1 or (entries and entries[0][1] != start):
+                raise LogError(f"stored log has a gap between {start} and {self._last}")
+            self._cache_start = start
+            for e in entries:
+                self._cache_append(e)
+            self._trim_cache()
+        self._refresh_head()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _find_last_index(self):
+        ro = ReadOptions()
+        ro.set_iterate_upper_bound(_ENTRY_END)
+        for key in self._db.keys(backwards=True, from_key=_ENTRY_END, read_opt=ro):
+            if key[:1] == _ENTRY_PREFIX:
+                return _U64.unpack_from(key, 1)[0]
+            break
+        return None
+
+    def _read_db(self, lo: int, hi: int, max_bytes: int | None = None) -> list:
+        """Entries with lo <= index < hi from RocksDB, stopping after the entry that reaches max_bytes."""
+        if hi <= lo:
+            return []
+        ro = ReadOptions()
+        ro.set_iterate_upper_bound(_ekey(hi))
+        out = []
+        total = 0
+        for key, value in self._db.items(from_key=_ekey(lo), read_opt=ro):
+            e = _decode_entry(key, value)
+            out.append(e)
+            if max_bytes is not None:
+                total += len(e[0])
+                if total >= max_bytes:
+                    break
+        return out
+
+    def _cache_append(self, entry) -> None:
+        self._cache.append(entry)
+        self._cache_bytes += len(entry[0]) + _ENTRY_OVERHEAD
+
+    def _cache_len(self) -> int:
+        return len(self._cache) - self._cache_off
+
+    def _trim_cache(self) -> None:
+        # Drop the oldest cached entries while over budget, always keeping the last one.
+        while self._cache_len() > 1 and (self._cache_bytes > self._cache_max_bytes or
+                                         self._cache_len() > self._cache_max_entries):
+            e = self._cache[self._cache_off]
+            self._cache_bytes -= len(e[0]) + _ENTRY_OVERHEAD
+            self._cache_off += 1
+            self._cache_start += 1
+        self._compact_cache_list()
+
+    def _compact_cache_list(self) -> None:
+        if self._cache_off > 1024 and self._cache_off * 2 > len(self._cache):
+            with self._lock:
+                del self._cache[:self._cache_off]
+                self._cache_off = 0
+
+    def _reset_cache(self, start: int) -> None:
+        with self._lock:
+            self._cache = []
+            self._cache_off = 0
+            self._cache_bytes = 0
+            self._cache_start = start
+
+    def _refresh_head(self) -> None:
+        if len(self) == 0:
+            self._head = []
+        else:
+            self._head = self._range(self._first, min(self._first + 2, self._last + 1))
+
+    def _range(self, lo: int, hi: int, max_bytes: int | None = None) -> list:
+        """Entries with lo <= index < hi (clamped to the log), optionally cut like pysyncobj's __getEntries."""
+        lo = max(lo, self._first)
+        hi = min(hi, self._last + 1)
+        if hi <= lo:
+            return []
+        if lo >= self._cache_start:
+            with self._lock:
+                base = self._cache_off - self._cache_start
+                out = self._cache[base + lo:base + hi]
+            if max_bytes is not None:
+                out = _cut(out, max_bytes)
+            return out
+        out = self._read_db(lo, min(hi, self._cache_start), max_bytes)
+        if max_bytes is not None:
+            total = sum(len(e[0]) for e in out)
+            if total >= max_bytes or hi <= self._cache_start:
+                return out
+            return out + _cut(self._range(self._cache_start, hi), max_bytes - total)
+        if hi > self._cache_start:
+            out.extend(self._range(self._cache_start, hi))
+        return out
+
+    def _mark_written(self) -> None:
+        self._dirty = True
+
+    # ------------------------------------------------------------------ Journal interface
+
+    def add(self, command, idx, term):
+        if not isinstance(command, bytes):
+            command = bytes(command)
+        if len(self) == 0:
+            first = idx
+        elif idx != self._last + 1:
+            raise LogError(f"non-contiguous append: index {idx} after {self._last}")
+        else:
+            first = None
+        if first is not None:
+            wb = WriteBatch(raw_mode=True)
+            wb.put(_ekey(idx), _U64.pack(term) + command)
+            wb.put(_K_FIRST, _U64.pack(idx))
+            self._db.write(wb, self._wo)
+            self._first = idx
+            self._reset_cache(idx)
+        else:
+            self._db.put(_ekey(idx), _U64.pack(term) + command, self._wo)
+        self._mark_written()
+        entry = (command, idx, term)
+        self._last = idx
+        self._cache_append(entry)
+        if len(self._head) < 2:
+            self._head.append(entry)
+        if self._cache_bytes > self._cache_max_bytes or self._cache_len() > self._cache_max_entries:
+            self._trim_cache()
+
+    def extend(self, entries) -> None:
+        """Append several entries (same contract as repeated :meth:`add`)."""
+        for e in entries:
+            self.add(*e)
+
+    def clear(self):
+        if len(self) > 0:
+            wb = WriteBatch(raw_mode=True)
+            wb.delete_range(_ekey(0), _ENTRY_END)
+            wb.delete(_K_FIRST)
+            self._db.write(wb, self._wo)
+            self._mark_written()
+        self._first, self._last = 0, -1
+        self._durable_last = min(self._durable_last, 0)
+        self._reset_cache(0)
+        self._head = []
+
+    def deleteEntriesFrom(self, entryFrom):
+        """Delete the entries at positions >= entryFrom (Raft conflict truncation)."""
+        n = len(self)
+        if entryFrom < 0:
+            entryFrom = max(0, n + entryFrom)
+        if entryFrom >= n:
+            return
+        if entryFrom == 0:
+            self.clear()
+            return
+        idx_from = self._first + entryFrom
+        self._db.delete_range(_ekey(idx_from), _ENTRY_END, self._wo)
+        self._mark_written()
+        self._last = idx_from - 1
+        self._durable_last = min(self._durable_last, self._last)
+        if idx_from > self._cache_start:
+            with self._lock:
+                keep = self._cache_off + (idx_from - self._cache_start)
+                for e in self._cache[keep:]:
+                    self._cache_bytes -= len(e[0]) + _ENTRY_OVERHEAD
+                del self._cache[keep:]
+        else:
+            self._reset_cache(idx_from)
+        self._head = [e for e in self._head if e[1] <= self._last]
+
+    def deleteEntriesTo(self, entryTo):
+        """Delete the entries at positions < entryTo (compaction after a snapshot)."""
+        n = len(self)
+        if entryTo <= 0:
+            return
+        if entryTo >= n:
+            self.clear()
+            return
+        new_first = self._first + entryTo
+        wb = WriteBatch(raw_mode=True)
+        wb.delete_range(_ekey(self._first), _ekey(new_first))
+        wb.put(_K_FIRST, _U64.pack(new_first))
+        self._db.write(wb, self._wo)
+        self._mark_written()
+        self._first = new_first
+        if new_first > self._cache_start:
+            with self._lock:
+                drop = new_first - self._cache_start
+                for e in self._cache[self._cache_off:self._cache_off + drop]:
+                    self._cache_bytes -= len(e[0]) + _ENTRY_OVERHEAD
+                self._cache_off += drop
+                self._cache_start = new_first
+            self._compact_cache_list()
+        self._refresh_head()
+
+    def __getitem__(self, item):
+        n = len(self)
+        if isinstance(item, slice):
+            start, stop, step = item.indices(n)
+            if step != 1:
+                return [self[i] for i in range(start, stop, step)]
+            return self._range(self._first + start, self._first + stop)
+        if item < 0:
+            item += n
+        if item < 0 or item >= n:
+            raise IndexError("log index out of range")
+        if item < len(self._head):
+            return self._head[item]
+        idx = self._first + item
+        if idx >= self._cache_start:
+            with self._lock:
+                return self._cache[self._cache_off + idx - self._cache_start]
+        return self._range(idx, idx + 1)[0]
+
+    def __len__(self):
+        return self._last - self._first + 1
+
+    def getEntries(self, fromIdx, count=None, maxSizeBytes=None):
+        """pysyncobj's ``SyncObj.__getEntries`` semantics, reading only what is needed.
+
+        Entries from Raft index ``fromIdx`` (``[]`` if it is None or below the first entry), at most ``count`` of
+        them, and when ``maxSizeBytes`` is given cut after the entry at which the summed command sizes reach it.
+        """
+        if fromIdx is None or len(self) == 0 or fromIdx < self._first:
+            return []
+        hi = self._last + 1 if count is None else min(self._last + 1, fromIdx + count)
+        return self._range(fromIdx, hi, maxSizeBytes)
+
+    @property
+    def firstIndex(self) -> int:
+        return self._first
+
+    @property
+    def lastIndex(self) -> int:
+        return self._last
+
+    # --- meta
+
+    def setRaftCommitIndex(self, raftCommitIndex):
+        if raftCommitIndex != self._commit:
+            self._commit = raftCommitIndex
+            self._commit_saved = False
+
+    def getRaftCommitIndex(self):
+        return self._commit
+
+    def setCurrentTerm(self, term, votedForNodeId):
+        vote = b"\x00" if votedForNodeId is None else b"\x01" + str(votedForNodeId).encode("utf-8")
+        self._db.put(_K_TERM, _U64.pack(term) + vote, self._wo)
+        self._mark_written()
+        self.sync()  # Raft: term and vote are durable before any message reflecting them is sent
+        self._term, self._vote = term, votedForNodeId
+
+    def getCurrentTerm(self):
+        return self._term
+
+    def getVotedForNodeId(self):
+        return self._vote
+
+    def _save_commit(self) -> None:
+        if not self._commit_saved:
+            # Not marked dirty: the hint rides along with the next fsync (or close) - an idle group does no fsync.
+            self._db.put(_K_COMMIT, _U64.pack(self._commit), self._wo)
+            self._commit_saved = True
+
+    def onOneSecondTimer(self):
+        self._save_commit()
+
+    # --- durability
+
+    def sync(self) -> bool:
+        """Make every write so far durable with one WAL fsync (GIL released). Returns True if it fsynced."""
+        if not self._dirty:
+            return False
+        self._save_commit()
+        self._db.flush_wal(True)
+        self._dirty = False
+        self._sync_count += 1
+        self._durable_last = self._last if len(self) else 0
+        return True
+
+    flush = sync
+
+    @property
+    def dirty(self) -> bool:
+        return self._dirty
+
+    @property
+    def syncCount(self) -> int:
+        return self._sync_count
+
+    @property
+    def durableLastIndex(self) -> int:
+        """Last index covered by the last fsync (0 when unknown / empty)."""
+        return self._durable_last
+
+    def _destroy(self):
+        self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._save_commit()
+        self._db.flush_wal(True)
+        self._dirty = False
+        self._db.close()
+        self._closed = True
+
+    def __repr__(self):
+        return f"RaftLog(first={self._first}, last={self._last}, term={self._term}, vote={self._vote!r})"
+
+
+def _cut(entries: list, max_bytes: int) -> list:
+    total = 0
+    for i, e in enumerate(entries):
+        total += len(e[0])
+        if total >= max_bytes:
+            return entries[:i + 1]
+    return entries
