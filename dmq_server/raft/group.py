@@ -1,0 +1,257 @@
+"""A queue partition as a Raft group: pysyncobj (with dmq's fixes) over a RocksDB log, the partition store as
+the state machine, RocksDB checkpoints as snapshots.
+
+Commands travel as opaque msgpack bytes through ONE replicated entry point (a second @replicated method would
+shift pysyncobj's method ids). The state machine never raises on a bad command: the store's typed error becomes
+the result, because pysyncobj re-applies an entry that raised on every tick, forever.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import os
+import shutil
+import tarfile
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+from pysyncobj import SyncObjConf, replicated
+from pysyncobj.config import FAIL_REASON
+from pysyncobj.transport import Transport
+
+from dmq_server.store import CommandError, PartitionStore, StoreOptions
+
+from . import pysyncobj_fixes
+from .log import RaftLog
+
+log = logging.getLogger(__name__)
+
+# A command is bounded well below what one Raft entry should carry: a batch of 1,000 messages of 1 KiB, or one
+# of the largest messages a queue accepts, with room for the envelope.
+MAX_COMMAND_BYTES = 2 << 20
+_SNAPSHOT_META = "raft.msgpack"
+_SNAPSHOT_STORE = "store"
+
+Result = dict[str, Any]
+Callback = Callable[[Result], None]
+
+
+class RaftUnavailable(Exception):
+    """The group cannot take the command now; `leader` is the address a client should try instead, if known."""
+
+    def __init__(self, code: str, message: str, leader: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.leader = leader
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupTimings:
+    """Raft timing. The election timeout bounds failover; it must stay well above the heartbeat (pysyncobj
+    requires 3x) and above tick stalls on a loaded 2-core machine, or load alone triggers elections."""
+
+    heartbeat: float = 0.05
+    election_min: float = 0.3
+    election_max: float = 0.45
+    connection_timeout: float = 3.5
+    tick: float = 0.005
+    snapshot_min_entries: int = 200_000
+    snapshot_min_seconds: int = 600
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupSpec:
+    group_id: str
+    self_address: str  # this replica's Raft address, host:port
+    peers: tuple[str, ...]  # the other replicas
+    data_dir: str
+    timings: GroupTimings = GroupTimings()
+    password: str | None = None  # authenticates inter-node traffic when the group owns its TCP transport
+
+
+def _encode_entry(entry: tuple[bytes, int, int]) -> list[Any]:
+    return [entry[0], entry[1], entry[2]]
+
+
+def _decode_entry(raw: list[Any]) -> tuple[bytes, int, int]:
+    return raw[0], raw[1], raw[2]
+
+
+class PartitionGroup(pysyncobj_fixes.SyncObj):
+    """One replica of one partition. Thread model: pysyncobj's tick thread (or a host's) applies commands and
+    runs callbacks; `submit` may be called from any thread."""
+
+    def __init__(self, spec: GroupSpec, *, store_options: StoreOptions | None = None,
+                 transport: Transport | None = None, auto_tick: bool = True) -> None:
+        if not pysyncobj_fixes.installed():
+            pysyncobj_fixes.install()
+        os.makedirs(spec.data_dir, exist_ok=True)
+        self.spec = spec
+        self._auto_tick = auto_tick
+        self._store_path = os.path.join(spec.data_dir, "store")
+        self._store_options = store_options
+        # The store and its lock exist before SyncObj starts ticking: loading a dump happens on the tick thread.
+        self._store_lock = threading.RLock()
+        self.store = PartitionStore(self._store_path, store_options)
+        self._raft_log = RaftLog(os.path.join(spec.data_dir, "raftlog"))
+        timings = spec.timings
+        conf = SyncObjConf(
+            journalFile=self._raft_log,
+            fullDumpFile=os.path.join(spec.data_dir, "snapshot.tar"),
+            serializer=self._serialize,
+            deserializer=self._deserialize,
+            autoTick=auto_tick,
+            autoTickPeriod=timings.tick,
+            appendEntriesUseBatch=False,  # send at once: a lone command does not wait for a batching tick
+            appendEntriesPeriod=timings.heartbeat,
+            raftMinTimeout=timings.election_min,
+            raftMaxTimeout=timings.election_max,
+            leaderFallbackTimeout=timings.election_max * 2,
+            connectionTimeout=timings.connection_timeout,
+            connectionRetryTime=0.5,
+            commandsQueueSize=10_000,
+            logCompactionMinEntries=timings.snapshot_min_entries,
+            logCompactionMinTime=timings.snapshot_min_seconds,
+            password=spec.password,
+            dynamicMembershipChange=False,
+        )
+        super().__init__(spec.self_address, list(spec.peers), conf, transport=transport)
+
+    # ------------------------------------------------------------------ the state machine
+
+    @replicated
+    def _apply_entry(self, data: bytes) -> Result:
+        index = self.raftLastApplied + 1
+        try:
+            command = msgpack.unpackb(data)
+        except Exception:  # bytes from our own leader; undecodable means a bug, never a reason to halt the group
+            log.error("group %s: undecodable command at index %d", self.spec.group_id, index)
+            return {"error": "InvalidCommand", "message": "command is not valid msgpack"}
+        try:
+            with self._store_lock:
+                return {"result": self.store.apply(index, command)}
+        except CommandError as error:
+            return {"error": error.code, "message": error.message}
+
+    # ------------------------------------------------------------------ submitting
+
+    def submit(self, command: dict[str, Any], callback: Callback) -> None:
+        """Replicate `command` and call `callback` with {"result": ...} or {"error": code, "message": ...}
+        once it is committed on a majority (every replica fsynced it) and applied here."""
+        data = msgpack.packb(command)
+        if len(data) > MAX_COMMAND_BYTES:
+            raise RaftUnavailable("CommandTooLarge", f"command of {len(data)} bytes exceeds {MAX_COMMAND_BYTES}")
+        if not self._isLeader():
+            raise RaftUnavailable("NotLeader", f"this node is not the leader of {self.spec.group_id}",
+                                  self.leader_address())
+
+        def done(result: Any, error: int) -> None:
+            if error == FAIL_REASON.SUCCESS:
+                callback(result)
+            else:
+                callback({"error": "Unavailable" if error != FAIL_REASON.NOT_LEADER else "NotLeader",
+                          "message": f"the command was not committed ({_FAILURES.get(error, error)}); "
+                                     "its outcome is unknown, retry it with the same dedup ids",
+                          "leader": self.leader_address()})
+
+        self._apply_entry(data, callback=done)
+
+    def submit_sync(self, command: dict[str, Any], timeout: float = 10.0) -> Result:
+        """Blocking submit, for tests and tools."""
+        finished = threading.Event()
+        outcome: list[Result] = []
+
+        def callback(result: Result) -> None:
+            outcome.append(result)
+            finished.set()
+
+        self.submit(command, callback)
+        if not finished.wait(timeout):
+            raise RaftUnavailable("Timeout", f"no commit within {timeout} s; the outcome is unknown")
+        return outcome[0]
+
+    def is_leader(self) -> bool:
+        return self._isLeader()
+
+    def leader_address(self) -> str | None:
+        leader = self._getLeader()
+        return None if leader is None else getattr(leader, "address", str(leader))
+
+    def query(self, reader: Callable[[PartitionStore], Any]) -> Any:
+        """Run a read-only store query, safe against a snapshot install swapping the store."""
+        with self._store_lock:
+            return reader(self.store)
+
+    # ------------------------------------------------------------------ snapshots
+
+    def _serialize(self, file_name: str, raft_data: tuple[Any, Any, Any]) -> None:
+        """Called on the tick thread when the state is exactly raftLastApplied: a RocksDB checkpoint of the store
+        (hard links) plus pysyncobj's last two entries, tarred into one file that pysyncobj can ship."""
+        last_entry, previous_entry, nodes = raft_data
+        staging = file_name + ".checkpoint"
+        shutil.rmtree(staging, ignore_errors=True)
+        with self._store_lock:
+            self.store.checkpoint(staging)
+        meta = msgpack.packb({
+            "last": _encode_entry(last_entry),
+            "previous": _encode_entry(previous_entry),
+            "nodes": sorted(getattr(node, "address", str(node)) for node in nodes),
+        })
+        try:
+            with open(file_name, "wb") as raw, tarfile.open(fileobj=raw, mode="w") as tar:
+                info = tarfile.TarInfo(_SNAPSHOT_META)
+                info.size = len(meta)
+                tar.addfile(info, io.BytesIO(meta))
+                tar.add(staging, arcname=_SNAPSHOT_STORE)
+                tar.close()
+                raw.flush()
+                os.fsync(raw.fileno())
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _deserialize(self, file_name: str) -> tuple[Any, Any, Any]:
+        """Install a snapshot. At start-up the dump on disk is usually older than the store (the store applied
+        entries after it); the store is only replaced when it is behind the snapshot, e.g. a follower catching
+        up after missing compacted entries, or a store that lost its unsynced tail in a power failure."""
+        with tarfile.open(file_name, mode="r") as tar:
+            member = tar.getmember(_SNAPSHOT_META)
+            extracted = tar.extractfile(member)
+            assert extracted is not None
+            meta = msgpack.unpackb(extracted.read())
+            raft_data = (_decode_entry(meta["last"]), _decode_entry(meta["previous"]), set(meta["nodes"]))
+            snapshot_index = raft_data[0][1]
+            if self.store.applied_index >= snapshot_index:
+                return raft_data
+            staging = file_name + ".restore"
+            shutil.rmtree(staging, ignore_errors=True)
+            store_members = [m for m in tar.getmembers()
+                             if m.name == _SNAPSHOT_STORE or m.name.startswith(_SNAPSHOT_STORE + "/")]
+            tar.extractall(staging, members=store_members, filter="data")
+        try:
+            with self._store_lock:
+                self.store.close()
+                self.store = PartitionStore.restore(os.path.join(staging, _SNAPSHOT_STORE), self._store_path,
+                                                    self._store_options)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        log.info("group %s: installed snapshot at index %d", self.spec.group_id, snapshot_index)
+        return raft_data
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Stop ticking and close the log and the store (the snapshot file stays for the next start)."""
+        if self._auto_tick:
+            self.destroy_synchronous()
+        else:
+            self._destroy()
+        with self._store_lock:
+            self.store.close()
+        self._raft_log.close()
+
+
+_FAILURES = {value: name for name, value in vars(FAIL_REASON).items() if isinstance(value, int)}

@@ -1,0 +1,147 @@
+"""Partition groups: three replicas of a partition store replicating through pysyncobj with dmq's fixes."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from dmq_server.raft.group import GroupSpec, GroupTimings, PartitionGroup, RaftUnavailable
+
+from .cluster import free_ports
+
+T0 = 1_700_000_000_000
+TIMINGS = GroupTimings(snapshot_min_entries=10**9, snapshot_min_seconds=10**9)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Replicas:
+    def __init__(self, root) -> None:
+        self.root = root
+        self.addresses = [f"127.0.0.1:{port}" for port in free_ports(3)]
+        self.groups: list[PartitionGroup | None] = [self._start(i) for i in range(3)]
+        self.now = T0
+
+    def _start(self, i: int) -> PartitionGroup:
+        peers = tuple(a for j, a in enumerate(self.addresses) if j != i)
+        spec = GroupSpec("q/0", self.addresses[i], peers, str(self.root / f"r{i}"), TIMINGS)
+        return PartitionGroup(spec)
+
+    def live(self) -> list[PartitionGroup]:
+        return [g for g in self.groups if g is not None]
+
+    def leader(self) -> PartitionGroup:
+        found: list[PartitionGroup] = []
+
+        def elected() -> bool:
+            found[:] = [g for g in self.live() if g.is_leader()]
+            return len(found) == 1
+
+        wait_for(elected, what="a single leader")
+        return found[0]
+
+    def submit(self, op: str, **fields) -> object:
+        self.now += 1
+        outcome = self.leader().submit_sync({"op": op, "now": self.now, **fields})
+        assert "result" in outcome, outcome
+        return outcome["result"]
+
+    def stop(self, i: int) -> None:
+        group = self.groups[i]
+        assert group is not None
+        group.close()
+        self.groups[i] = None
+
+    def restart(self, i: int) -> None:
+        self.groups[i] = self._start(i)
+
+    def close(self) -> None:
+        for i, group in enumerate(self.groups):
+            if group is not None:
+                self.stop(i)
+
+
+@pytest.fixture
+def replicas(tmp_path) -> Iterator[Replicas]:
+    cluster = Replicas(tmp_path)
+    yield cluster
+    cluster.close()
+
+
+def converged(cluster: Replicas, index: int) -> bool:
+    return all(g.query(lambda s: s.applied_index) >= index for g in cluster.live())
+
+
+def snapshot_of(group: PartitionGroup) -> tuple:
+    return group.query(lambda s: (s.stats(T0), s.peek(1_000)))
+
+
+def test_replicas_apply_the_same_commands_in_the_same_order(replicas: Replicas) -> None:
+    for i in range(20):
+        replicas.submit("enqueue", messages=[[b"m%d" % i, None, None, None, None]] * 5)
+    received = replicas.submit("receive", max=30, visibility_ms=60_000)
+    replicas.submit("delete", receipts=[m["receipt"] for m in received[:10]])
+    index = replicas.leader().raftLastApplied
+    wait_for(lambda: converged(replicas, index), what="replicas to apply everything")
+    states = [snapshot_of(g) for g in replicas.live()]
+    assert states[0] == states[1] == states[2]
+    assert states[0][0]["count"] == 90 and states[0][0]["in_flight"] == 20
+
+
+def test_bad_command_is_an_error_result_and_the_group_keeps_serving(replicas: Replicas) -> None:
+    leader = replicas.leader()
+    assert leader.submit_sync({"op": "explode", "now": T0})["error"] == "UnknownOperation"
+    assert leader.submit_sync({"op": "enqueue", "now": T0, "messages": "x"})["error"] == "InvalidCommand"
+    assert replicas.submit("enqueue", messages=[[b"ok", None, None, None, None]])[0]["id"] == 1
+
+
+def test_follower_refuses_commands_with_the_leader_address(replicas: Replicas) -> None:
+    leader = replicas.leader()
+    follower = next(g for g in replicas.live() if g is not leader)
+    wait_for(lambda: follower.leader_address() == leader.spec.self_address, what="follower to know the leader")
+    with pytest.raises(RaftUnavailable) as raised:
+        follower.submit({"op": "tick", "now": T0}, lambda result: None)
+    assert raised.value.code == "NotLeader" and raised.value.leader == leader.spec.self_address
+
+
+def test_restart_replays_only_what_the_store_lacks(replicas: Replicas) -> None:
+    for i in range(10):
+        replicas.submit("enqueue", messages=[[b"x", None, None, None, None]])
+    index = replicas.leader().raftLastApplied
+    wait_for(lambda: converged(replicas, index), what="convergence")
+    victim = next(i for i, g in enumerate(replicas.groups) if g is not None and not g.is_leader())
+    replicas.stop(victim)
+    replicas.submit("enqueue", messages=[[b"while down", None, None, None, None]])
+    replicas.restart(victim)
+    index = replicas.leader().raftLastApplied
+    wait_for(lambda: converged(replicas, index), what="restarted replica to catch up")
+    states = [snapshot_of(g) for g in replicas.live()]
+    assert states[0] == states[1] == states[2] and states[0][0]["count"] == 11
+
+
+def test_wiped_follower_catches_up_through_a_snapshot(replicas: Replicas) -> None:
+    for i in range(30):
+        replicas.submit("enqueue", messages=[[b"m%d" % i, None, None, None, None]] * 10)
+    leader = replicas.leader()
+    victim = next(i for i, g in enumerate(replicas.groups) if g is not leader)
+    replicas.stop(victim)
+    replicas.submit("receive", max=25, visibility_ms=60_000)
+    leader.forceLogCompaction()
+    wait_for(lambda: leader._SyncObj__raftLog[0][1] > 10, what="the leader to compact its log")
+    shutil.rmtree(replicas.root / f"r{victim}")
+    replicas.restart(victim)
+    index = leader.raftLastApplied
+    wait_for(lambda: converged(replicas, index), timeout=30, what="wiped replica to install the snapshot")
+    states = [snapshot_of(g) for g in replicas.live()]
+    assert states[0] == states[1] == states[2]
+    assert states[0][0]["count"] == 300 and states[0][0]["in_flight"] == 25
