@@ -5,7 +5,9 @@ See docs/STORE.md "Storage layout".
 
 from __future__ import annotations
 
+import functools
 import struct
+from collections.abc import Callable
 
 META = b"\x00"
 MESSAGE = b"M"  # M id -> message record
@@ -24,6 +26,17 @@ PREFIXES = (MESSAGE, BACK, IN_FLIGHT, DELAYED, HEAD, GROUP, NEXT, DEDUP, DEDUP_E
 _U64 = struct.Struct(">Q")
 _U64_PAIR = struct.Struct(">QQ")
 _U64_TRIPLE = struct.Struct(">QQQ")
+_PREFIX_ID = struct.Struct(">cQ")
+_PREFIX_TIME_ID = struct.Struct(">cQQ")
+
+# Key builders for the hot paths: partials of a C function, so building a key costs one call.
+message: Callable[[int], bytes] = functools.partial(_PREFIX_ID.pack, MESSAGE)
+back: Callable[[int], bytes] = functools.partial(_PREFIX_ID.pack, BACK)
+head: Callable[[int], bytes] = functools.partial(_PREFIX_ID.pack, HEAD)
+next_in_group: Callable[[int], bytes] = functools.partial(_PREFIX_ID.pack, NEXT)
+dead: Callable[[int], bytes] = functools.partial(_PREFIX_ID.pack, DEAD)
+in_flight: Callable[[int, int], bytes] = functools.partial(_PREFIX_TIME_ID.pack, IN_FLIGHT)  # deadline, id
+delayed: Callable[[int, int], bytes] = functools.partial(_PREFIX_TIME_ID.pack, DELAYED)  # visible_at, id
 
 
 def end_of(prefix: bytes) -> bytes:
@@ -32,11 +45,7 @@ def end_of(prefix: bytes) -> bytes:
 
 
 def by_id(prefix: bytes, ident: int) -> bytes:
-    return prefix + _U64.pack(ident)
-
-
-def by_time(prefix: bytes, at: int, ident: int) -> bytes:
-    return prefix + _U64_PAIR.pack(at, ident)
+    return _PREFIX_ID.pack(prefix, ident)
 
 
 def time_and_id(key: bytes) -> tuple[int, int]:

@@ -133,12 +133,12 @@ class PartitionStore:
             group = (message.group or b"") if config.fifo else message.group
             if delay > 0:
                 visible_at = now + delay
-                txn.put(keys.by_id(keys.MESSAGE, ident), records.encode(
+                txn.put(keys.message(ident), records.encode(
                     records.DELAYED, now, visible_at, 0, group, message.attrs, message.body))
-                txn.put(keys.by_time(keys.DELAYED, visible_at, ident), b"")
+                txn.put(keys.delayed(visible_at, ident), b"")
                 meta.delayed += 1
             else:
-                txn.put(keys.by_id(keys.MESSAGE, ident), records.encode(
+                txn.put(keys.message(ident), records.encode(
                     records.READY, now, 0, 0, group, message.attrs, message.body))
                 meta.ready += 1
             meta.count += 1
@@ -161,13 +161,18 @@ class PartitionStore:
         picked = self._pick_fifo(txn, meta, count) if meta.config.fifo else self._pick_standard(txn, meta, count)
         deadline = now + visibility
         delivered = []
+        put, header, with_header, decode = txn.put, records.header, records.with_header, records.decode
+        message_key, in_flight_key = keys.message, keys.in_flight
         for ident, record in picked:
-            head = records.header(record)
-            record = records.with_header(record, head, records.IN_FLIGHT, deadline, head.receive_count + 1)
-            txn.put(keys.by_id(keys.MESSAGE, ident), record)
-            txn.put(keys.by_time(keys.IN_FLIGHT, deadline, ident), b"")
-            message = records.decode(ident, record)
-            message["receipt"] = [ident, message["receive_count"]]
+            head = header(record)
+            receive_count = head.receive_count + 1
+            put(message_key(ident), with_header(record, head, records.IN_FLIGHT, deadline,
+                                                               receive_count))
+            put(in_flight_key(deadline, ident), b"")
+            message = decode(ident, record, head)
+            message["receive_count"] = receive_count
+            message["deadline"] = deadline
+            message["receipt"] = [ident, receive_count]
             delivered.append(message)
         meta.ready -= len(picked)
         meta.in_flight += len(picked)
@@ -187,7 +192,7 @@ class PartitionStore:
         if len(picked) == count:
             return picked
         stepped_over = 0
-        for key, record in txn.scan(keys.by_id(keys.MESSAGE, meta.fresh), keys.end_of(keys.MESSAGE)):
+        for key, record in txn.scan(keys.message(meta.fresh), keys.end_of(keys.MESSAGE)):
             ident = keys.id_of(key)
             if record[0] != records.READY:
                 # Delayed, or made ready and handed out through B: below the cursor D and B find it.
@@ -206,21 +211,21 @@ class PartitionStore:
 
     @staticmethod
     def _take_back(txn: Txn, ident: int) -> tuple[int, bytes]:
-        record = txn.get(keys.by_id(keys.MESSAGE, ident))
+        record = txn.get(keys.message(ident))
         assert record is not None and record[0] == records.READY, ident
-        txn.delete(keys.by_id(keys.BACK, ident))
+        txn.delete(keys.back(ident))
         return ident, record
 
     def _pick_fifo(self, txn: Txn, meta: Meta, count: int) -> list[tuple[int, bytes]]:
         """Heads of eligible groups, lowest id first; each picked group is in flight afterwards."""
         picked: list[tuple[int, bytes]] = []
         next_low = meta.next_id
-        for key, group in txn.scan(keys.by_id(keys.HEAD, meta.head_low), keys.end_of(keys.HEAD)):
+        for key, group in txn.scan(keys.head(meta.head_low), keys.end_of(keys.HEAD)):
             ident = keys.id_of(key)
             if len(picked) == count:
                 next_low = ident
                 break
-            record = txn.get(keys.by_id(keys.MESSAGE, ident))
+            record = txn.get(keys.message(ident))
             assert record is not None and records.header(record).state == records.READY, ident
             txn.delete(key)
             head, tail, in_flight = keys.unpack_triple(self._group(txn, group))
@@ -232,12 +237,14 @@ class PartitionStore:
 
     def _delete(self, txn: Txn, meta: Meta, command: dict[str, Any], now: int) -> list[dict[str, Any]]:
         receipts = commands.parse_delete(command)
-        message_keys = [keys.by_id(keys.MESSAGE, ident) for ident, _ in receipts]
-        txn.prefetch(message_keys)
+        message_keys = [keys.message(ident) for ident, _ in receipts]
         results: list[dict[str, Any]] = []
         removed = 0
-        for key, (ident, receive_count) in zip(message_keys, receipts):
-            record = txn.get(key)
+        seen: set[bytes] = set()
+        for key, (ident, receive_count), record in zip(message_keys, receipts, txn.get_many(message_keys)):
+            if key in seen:  # the same message twice in one command: the second sees the first
+                record = txn.get(key)
+            seen.add(key)
             if record is None:
                 results.append({"ok": True, "gone": True})
                 continue
@@ -253,10 +260,9 @@ class PartitionStore:
 
     def _change_visibility(self, txn: Txn, meta: Meta, command: dict[str, Any], now: int) -> list[dict[str, Any]]:
         entries = commands.parse_change_visibility(command)
-        txn.prefetch([keys.by_id(keys.MESSAGE, ident) for ident, _, _ in entries])
         results: list[dict[str, Any]] = []
         for ident, receive_count, visibility in entries:
-            record = txn.get(keys.by_id(keys.MESSAGE, ident))
+            record = txn.get(keys.message(ident))
             head = None if record is None else records.header(record)
             if head is None or head.state != records.IN_FLIGHT or head.receive_count != receive_count \
                     or head.timer <= now:
@@ -264,9 +270,9 @@ class PartitionStore:
                 continue
             assert record is not None
             deadline = now + visibility
-            txn.delete(keys.by_time(keys.IN_FLIGHT, head.timer, ident))
-            txn.put(keys.by_time(keys.IN_FLIGHT, deadline, ident), b"")
-            txn.put(keys.by_id(keys.MESSAGE, ident), records.with_header(
+            txn.delete(keys.in_flight(head.timer, ident))
+            txn.put(keys.in_flight(deadline, ident), b"")
+            txn.put(keys.message(ident), records.with_header(
                 record, head, records.IN_FLIGHT, deadline, receive_count))
             results.append({"ok": True, "deadline": deadline})
         return results
@@ -289,7 +295,7 @@ class PartitionStore:
         upto = commands.parse_ack_dead_letters(command)
         removed = 0
         low = max(meta.dead_low, min(upto + 1, meta.next_id))
-        for key, _ in txn.scan(keys.by_id(keys.DEAD, meta.dead_low), keys.end_of(keys.DEAD)):
+        for key, _ in txn.scan(keys.dead(meta.dead_low), keys.end_of(keys.DEAD)):
             ident = keys.id_of(key)
             if ident > upto:
                 break
@@ -314,7 +320,7 @@ class PartitionStore:
     def _expire_retention(self, txn: Txn, meta: Meta, now: int) -> int:
         retention = meta.config.retention_ms
         expired = 0
-        for key, record in txn.scan(keys.by_id(keys.MESSAGE, meta.message_low), keys.end_of(keys.MESSAGE)):
+        for key, record in txn.scan(keys.message(meta.message_low), keys.end_of(keys.MESSAGE)):
             ident = keys.id_of(key)
             meta.message_low = ident
             head = records.header(record)
@@ -327,13 +333,13 @@ class PartitionStore:
 
     def _expire_visibility(self, txn: Txn, meta: Meta, now: int) -> tuple[int, int]:
         returned = dead_lettered = 0
-        end = keys.by_time(keys.IN_FLIGHT, now + 1, 0)
+        end = keys.in_flight(now + 1, 0)
         for key, _ in txn.scan(meta.in_flight_cursor, end):
             if returned + dead_lettered == self._options.advance_limit:
                 meta.in_flight_cursor = key
                 return returned, dead_lettered
             _, ident = keys.time_and_id(key)
-            record = txn.get(keys.by_id(keys.MESSAGE, ident))
+            record = txn.get(keys.message(ident))
             assert record is not None, ident
             head = records.header(record)
             assert head.state == records.IN_FLIGHT, (ident, head)
@@ -343,35 +349,35 @@ class PartitionStore:
                 dead_lettered += 1
                 continue
             txn.delete(key)
-            txn.put(keys.by_id(keys.MESSAGE, ident), records.with_header(
+            txn.put(keys.message(ident), records.with_header(
                 record, head, records.READY, 0, head.receive_count))
             meta.in_flight -= 1
             meta.ready += 1
             self._made_ready(txn, meta, ident, records.group_of(record, head))
             returned += 1
-        meta.in_flight_cursor = keys.by_time(keys.IN_FLIGHT, now, 0)
+        meta.in_flight_cursor = keys.in_flight(now, 0)
         return returned, dead_lettered
 
     def _release_delayed(self, txn: Txn, meta: Meta, now: int) -> int:
         due = 0
-        end = keys.by_time(keys.DELAYED, now + 1, 0)
+        end = keys.delayed(now + 1, 0)
         for key, _ in txn.scan(meta.delayed_cursor, end):
             if due == self._options.advance_limit:
                 meta.delayed_cursor = key
                 return due
             _, ident = keys.time_and_id(key)
-            record = txn.get(keys.by_id(keys.MESSAGE, ident))
+            record = txn.get(keys.message(ident))
             assert record is not None, ident
             head = records.header(record)
             assert head.state == records.DELAYED, (ident, head)
             txn.delete(key)
-            txn.put(keys.by_id(keys.MESSAGE, ident), records.with_header(
+            txn.put(keys.message(ident), records.with_header(
                 record, head, records.READY, 0, head.receive_count))
             meta.delayed -= 1
             meta.ready += 1
             self._made_ready(txn, meta, ident, records.group_of(record, head))
             due += 1
-        meta.delayed_cursor = keys.by_time(keys.DELAYED, now, 0)
+        meta.delayed_cursor = keys.delayed(now, 0)
         return due
 
     def _forget_dedup(self, txn: Txn, meta: Meta, now: int) -> int:
@@ -404,7 +410,7 @@ class PartitionStore:
             if head == ident and in_flight == _NO_GROUP_IN_FLIGHT:
                 self._index_head(txn, meta, ident, group)
         elif ident < meta.fresh:
-            txn.put(keys.by_id(keys.BACK, ident), b"")
+            txn.put(keys.back(ident), b"")
             meta.back_low = min(meta.back_low, ident)
         # else: still in the fresh range, where a receive finds it directly in M
 
@@ -412,17 +418,17 @@ class PartitionStore:
         """Remove a message in any state from every index; `head` is its record's header."""
         state = head.state
         if state == records.IN_FLIGHT:
-            txn.delete(keys.by_time(keys.IN_FLIGHT, head.timer, ident))
+            txn.delete(keys.in_flight(head.timer, ident))
             meta.in_flight -= 1
         elif state == records.READY:
             meta.ready -= 1
             # FIFO: its H entry, if any, goes in _group_remove_head
             if not meta.config.fifo and ident < meta.fresh:
-                txn.delete(keys.by_id(keys.BACK, ident))
+                txn.delete(keys.back(ident))
         else:
-            txn.delete(keys.by_time(keys.DELAYED, head.timer, ident))
+            txn.delete(keys.delayed(head.timer, ident))
             meta.delayed -= 1
-        txn.delete(keys.by_id(keys.MESSAGE, ident))
+        txn.delete(keys.message(ident))
         meta.count -= 1
         meta.bytes -= records.size_of(head, record)
         if meta.config.fifo:
@@ -436,7 +442,7 @@ class PartitionStore:
         del letter["deadline"]
         letter["dead_lettered_at"] = now
         self._remove(txn, meta, ident, record, head)
-        txn.put(keys.by_id(keys.DEAD, ident), msgpack.packb(letter))
+        txn.put(keys.dead(ident), msgpack.packb(letter))
         meta.dead_letters += 1
 
     # ------------------------------------------------------------------ FIFO groups
@@ -447,7 +453,7 @@ class PartitionStore:
         return raw
 
     def _index_head(self, txn: Txn, meta: Meta, ident: int, group: bytes) -> None:
-        txn.put(keys.by_id(keys.HEAD, ident), group)
+        txn.put(keys.head(ident), group)
         meta.head_low = min(meta.head_low, ident)
 
     def _group_append(self, txn: Txn, meta: Meta, group: bytes, ident: int, *, ready: bool) -> None:
@@ -458,7 +464,7 @@ class PartitionStore:
                 self._index_head(txn, meta, ident, group)
             return
         head, tail, in_flight = keys.unpack_triple(raw)
-        txn.put(keys.by_id(keys.NEXT, tail), keys.pack_u64(ident))
+        txn.put(keys.next_in_group(tail), keys.pack_u64(ident))
         txn.put(keys.GROUP + group, keys.pack_triple(head, ident, in_flight))
 
     def _group_remove_head(self, txn: Txn, meta: Meta, group: bytes, ident: int, *, was_ready: bool) -> None:
@@ -467,15 +473,15 @@ class PartitionStore:
         head, tail, in_flight = keys.unpack_triple(self._group(txn, group))
         assert head == ident and in_flight in (_NO_GROUP_IN_FLIGHT, ident), (ident, head, in_flight)
         if was_ready and in_flight == _NO_GROUP_IN_FLIGHT:
-            txn.delete(keys.by_id(keys.HEAD, ident))
-        following = txn.get(keys.by_id(keys.NEXT, ident))
+            txn.delete(keys.head(ident))
+        following = txn.get(keys.next_in_group(ident))
         if following is None:
             txn.delete(keys.GROUP + group)
             return
-        txn.delete(keys.by_id(keys.NEXT, ident))
+        txn.delete(keys.next_in_group(ident))
         new_head = keys.unpack_u64(following)
         txn.put(keys.GROUP + group, keys.pack_triple(new_head, tail, _NO_GROUP_IN_FLIGHT))
-        new_record = txn.get(keys.by_id(keys.MESSAGE, new_head))
+        new_record = txn.get(keys.message(new_head))
         assert new_record is not None, new_head
         if new_record[0] == records.READY:
             self._index_head(txn, meta, new_head, group)
@@ -510,7 +516,7 @@ class PartitionStore:
     def peek(self, count: int) -> list[dict[str, Any]]:
         """The first `count` messages by id, in any state."""
         messages = []
-        start = keys.by_id(keys.MESSAGE, self._meta.message_low)
+        start = keys.message(self._meta.message_low)
         for key, record in self._database().items(from_key=start, read_opt=bounded(keys.end_of(keys.MESSAGE))):
             if len(messages) == count:
                 break
@@ -519,7 +525,7 @@ class PartitionStore:
 
     def dead_letters(self, limit: int) -> list[dict[str, Any]]:
         letters = []
-        start = keys.by_id(keys.DEAD, self._meta.dead_low)
+        start = keys.dead(self._meta.dead_low)
         for key, raw in self._database().items(from_key=start, read_opt=bounded(keys.end_of(keys.DEAD))):
             if len(letters) == limit:
                 break
@@ -564,13 +570,13 @@ class PartitionStore:
                 return
             meta = self._meta
             ranges = [
-                (keys.MESSAGE, keys.by_id(keys.MESSAGE, meta.message_low)),
-                (keys.BACK, keys.by_id(keys.BACK, meta.back_low)),
-                (keys.HEAD, keys.by_id(keys.HEAD, meta.head_low)),
+                (keys.MESSAGE, keys.message(meta.message_low)),
+                (keys.BACK, keys.back(meta.back_low)),
+                (keys.HEAD, keys.head(meta.head_low)),
                 (keys.IN_FLIGHT, meta.in_flight_cursor),
                 (keys.DELAYED, meta.delayed_cursor),
                 (keys.DEDUP_EXPIRY, meta.dedup_cursor),
-                (keys.DEAD, keys.by_id(keys.DEAD, meta.dead_low)),
+                (keys.DEAD, keys.dead(meta.dead_low)),
             ]
             for begin, end in ranges:
                 self._db.compact_range(begin, end)

@@ -24,7 +24,7 @@ def bounded(end: bytes) -> ReadOptions:
 
 
 class Txn:
-    __slots__ = ("_db", "_batch", "_overlay", "_written", "_cache")
+    __slots__ = ("_db", "_batch", "_overlay", "_written")
 
     def __init__(self, db: Rdict, merged_prefixes: Sequence[bytes] = ()) -> None:
         self._db = db
@@ -32,20 +32,19 @@ class Txn:
         self._overlay: dict[bytes, bytes | None] = {}
         # prefix byte -> sorted keys written in this command, for the prefixes whose scans must see them
         self._written: dict[int, list[bytes]] = {prefix[0]: [] for prefix in merged_prefixes}
-        self._cache: dict[bytes, bytes | None] = {}  # database values read ahead by prefetch()
 
     def get(self, key: bytes) -> bytes | None:
         if key in self._overlay:
             return self._overlay[key]
-        if key in self._cache:
-            return self._cache[key]
         return self._db.get(key)
 
-    def prefetch(self, keys: Sequence[bytes]) -> None:
-        """Read many keys in one call (much faster than single gets); later get() calls use the result."""
-        wanted = [k for k in keys if k not in self._overlay and k not in self._cache]
-        if wanted:
-            self._cache.update(zip(wanted, self._db.get(wanted)))
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """Values of many keys as of now, read from the database in one call (much faster than single gets)."""
+        values = self._db.get(keys) if isinstance(keys, list) else self._db.get(list(keys))
+        overlay = self._overlay
+        if overlay:
+            values = [overlay[key] if key in overlay else value for key, value in zip(keys, values)]
+        return values
 
     def put(self, key: bytes, value: bytes) -> None:
         """Write `key`. Scans see a key new to the database only under a prefix given as merged_prefixes."""
