@@ -16,8 +16,9 @@ dmq depends on the published pysyncobj package, unmodified. What it needs change
        - The follower advances its commit index only over entries verified against this leader in this message
          (``min(leaderCommit, index of last new entry)``), not over an unverified tail.
        - The leader never rewinds ``nextIndex`` on an acknowledgement (stock set it back to the acked index, which
-         re-sent in-flight entries); on a rejection it goes back to the follower's hint, but never to or below the
-         follower's known ``matchIndex`` and never past its own last index + 1.
+         re-sent in-flight entries); on a rejection it goes back to the follower's hint (never past its own last
+         index + 1). A hint at or below the follower's match index means the follower lost its log (a wiped or
+         replaced disk): its match index is lowered too, so the leader resends, through a snapshot if needed.
        - Every ``next_node_idx`` reply to ``append_entries`` is queued, and sent only after the log has been
          fsynced (group commit: one fsync for all the ``append_entries`` handled in one poll).
        - A corrupt chunked transmission is dropped with a rejection instead of raising in the tick thread.
@@ -525,10 +526,16 @@ class SyncObj(_StockSyncObj):
                     if self.__raftNextIndex[node] < nextNodeIdx:
                         self.__raftNextIndex[node] = nextNodeIdx
                 elif reset:
-                    # DMQ: rejection - back off to the follower's hint, but not to or below what it is known to
-                    # hold, and not past our own log
-                    self.__raftNextIndex[node] = max(self.__raftMatchIndex[node] + 1,
-                                                     min(nextNodeIdx, self.__getCurrentLogIndex() + 1))
+                    # DMQ: rejection - back off to the follower's hint, not past our own log. Replies on one
+                    # connection arrive in order, so a hint at or below the follower's match index means the
+                    # follower lost entries it had (a replaced disk, a wiped data directory): start over from
+                    # the hint, through a snapshot if we compacted those entries away.
+                    nextNodeIdx = min(nextNodeIdx, self.__getCurrentLogIndex() + 1)
+                    if nextNodeIdx <= self.__raftMatchIndex[node]:
+                        logger.warning('%s lost entries up to %d (now has up to %d); resending from there',
+                                       node, self.__raftMatchIndex[node], nextNodeIdx - 1)
+                        self.__raftMatchIndex[node] = nextNodeIdx - 1
+                    self.__raftNextIndex[node] = nextNodeIdx
                 self.__lastResponseTime[node] = monotonicTime()
 
     # -- leader: sending (copy of pysyncobj 0.3.17, chunking finish condition fixed) -----------------------------
