@@ -51,7 +51,10 @@ def _key(value: Any, name: str) -> bytes | None:
         return None
     if not isinstance(value, str):
         raise InvalidCommand(f"{name} must be a string or null")
-    raw = value.encode()
+    try:
+        raw = value.encode()
+    except UnicodeEncodeError:
+        raise InvalidCommand(f"{name} must be valid UTF-8 text") from None
     if not 0 < len(raw) <= limits.MAX_KEY_BYTES:
         raise InvalidCommand(f"{name} must be 1 to {limits.MAX_KEY_BYTES} bytes of UTF-8")
     return raw

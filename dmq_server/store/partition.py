@@ -117,11 +117,12 @@ class PartitionStore:
         messages = commands.parse_enqueue(command, config)
         results: list[dict[str, Any]] = []
         for message in messages:
+            remembered_until = None
             if message.dedup_id is not None:
                 remembered = txn.get(keys.DEDUP + message.dedup_id)
                 if remembered is not None:
-                    original, window_end = keys.unpack_pair(remembered)
-                    if window_end > now:
+                    original, remembered_until = keys.unpack_pair(remembered)
+                    if remembered_until > now:
                         results.append({"id": original, "duplicate": True})
                         continue
             if meta.count >= config.max_messages:
@@ -144,6 +145,8 @@ class PartitionStore:
             meta.count += 1
             meta.bytes += len(message.body) + len(message.attrs)
             if message.dedup_id is not None:
+                if remembered_until is not None:  # its window ended, not yet forgotten: forget it now
+                    txn.delete(keys.dedup_expiry(remembered_until, message.dedup_id))
                 window_end = now + config.dedup_window_ms
                 txn.put(keys.DEDUP + message.dedup_id, keys.pack_pair(ident, window_end))
                 txn.put(keys.dedup_expiry(window_end, message.dedup_id), b"")
@@ -294,12 +297,10 @@ class PartitionStore:
     def _ack_dead_letters(self, txn: Txn, meta: Meta, command: dict[str, Any], now: int) -> dict[str, int]:
         upto = commands.parse_ack_dead_letters(command)
         removed = 0
-        low = max(meta.dead_low, min(upto + 1, meta.next_id))
+        low = meta.next_id  # no record left: later ones lower it again
         for key, _ in txn.scan(keys.dead(meta.dead_low), keys.end_of(keys.DEAD)):
             ident = keys.id_of(key)
-            if ident > upto:
-                break
-            if removed == self._options.advance_limit:
+            if ident > upto or removed == self._options.advance_limit:
                 low = ident
                 break
             txn.delete(key)
@@ -336,7 +337,8 @@ class PartitionStore:
         end = keys.in_flight(now + 1, 0)
         for key, _ in txn.scan(meta.in_flight_cursor, end):
             if returned + dead_lettered == self._options.advance_limit:
-                meta.in_flight_cursor = key
+                # From this deadline on: a lease changed later in this command may land at it with a lower id.
+                meta.in_flight_cursor = key[:9]
                 return returned, dead_lettered
             _, ident = keys.time_and_id(key)
             record = txn.get(keys.message(ident))
@@ -363,7 +365,7 @@ class PartitionStore:
         end = keys.delayed(now + 1, 0)
         for key, _ in txn.scan(meta.delayed_cursor, end):
             if due == self._options.advance_limit:
-                meta.delayed_cursor = key
+                meta.delayed_cursor = key[:9]
                 return due
             _, ident = keys.time_and_id(key)
             record = txn.get(keys.message(ident))
@@ -385,7 +387,7 @@ class PartitionStore:
         end = keys.dedup_expiry(now + 1, b"")
         for key, _ in txn.scan(meta.dedup_cursor, end):
             if forgotten == self._options.advance_limit:
-                meta.dedup_cursor = key
+                meta.dedup_cursor = key[:9]
                 return forgotten
             window_end = keys.unpack_u64(key[1:9])
             dedup_key = keys.DEDUP + key[9:]
@@ -444,6 +446,7 @@ class PartitionStore:
         self._remove(txn, meta, ident, record, head)
         txn.put(keys.dead(ident), msgpack.packb(letter))
         meta.dead_letters += 1
+        meta.dead_low = min(meta.dead_low, ident)  # messages die in any id order
 
     # ------------------------------------------------------------------ FIFO groups
 
