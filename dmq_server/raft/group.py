@@ -15,6 +15,7 @@ import os
 import shutil
 import tarfile
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -243,8 +244,32 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def close(self) -> None:
-        """Stop ticking and close the log and the store (the snapshot file stays for the next start)."""
+    def step_down(self, timeout: float = 2.0) -> bool:
+        """Hand leadership to the most caught-up follower (Raft TimeoutNow) before a planned stop, so writes
+        pause for one round trip instead of an election timeout. True when this replica is no longer leader."""
+        deadline = time.monotonic() + timeout
+        requested_at = 0.0
+        while self._isLeader() and time.monotonic() < deadline:
+            if time.monotonic() - requested_at > 0.1:  # denied while no follower is fully caught up: retry
+                requested_at = time.monotonic()
+                self._on_next_tick(self.transferLeadership)
+            time.sleep(0.005)
+        return not self._isLeader()
+
+    def _on_next_tick(self, action: Callable[[], None]) -> None:
+        """Run `action` once on the tick thread, where pysyncobj's Raft state may be touched."""
+
+        def once() -> None:
+            self.removeOnTickCallback(once)
+            action()
+
+        self.addOnTickCallback(once)
+
+    def close(self, *, graceful: bool = True) -> None:
+        """Stop: hand leadership over first (graceful), then stop ticking and close the log and the store
+        (the snapshot file stays for the next start)."""
+        if graceful:
+            self.step_down()
         if self._auto_tick:
             self.destroy_synchronous()
         else:

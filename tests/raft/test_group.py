@@ -56,10 +56,10 @@ class Replicas:
         assert "result" in outcome, outcome
         return outcome["result"]
 
-    def stop(self, i: int) -> None:
+    def stop(self, i: int, graceful: bool = False) -> None:
         group = self.groups[i]
         assert group is not None
-        group.close()
+        group.close(graceful=graceful)
         self.groups[i] = None
 
     def restart(self, i: int) -> None:
@@ -145,3 +145,15 @@ def test_wiped_follower_catches_up_through_a_snapshot(replicas: Replicas) -> Non
     states = [snapshot_of(g) for g in replicas.live()]
     assert states[0] == states[1] == states[2]
     assert states[0][0]["count"] == 300 and states[0][0]["in_flight"] == 25
+
+
+def test_graceful_stop_hands_leadership_over(replicas: Replicas) -> None:
+    replicas.submit("enqueue", messages=[[b"before", None, None, None, None]])
+    old = replicas.leader()
+    index = replicas.groups.index(old)
+    started = time.monotonic()
+    assert old.step_down(timeout=5)
+    replicas.stop(index, graceful=True)
+    new = replicas.leader()
+    assert new is not old and time.monotonic() - started < 2.0
+    assert replicas.submit("enqueue", messages=[[b"after", None, None, None, None]])[0]["id"] == 2
