@@ -62,6 +62,22 @@ def size_of(head: Header, record: bytes) -> int:
     return len(record) - HEADER_SIZE - group
 
 
+def delivered(ident: int, record: bytes, head: Header, receive_count: int, deadline: int) -> dict[str, Any]:
+    """The message as a receive returns it, from its record before the delivery was written."""
+    group_len, attrs_len = head.group_len, head.attrs_len
+    start = HEADER_SIZE + group_len - 1 if group_len else HEADER_SIZE
+    return {
+        "id": ident,
+        "body": record[start + attrs_len:],
+        "attrs": msgpack.unpackb(record[start:start + attrs_len]) if attrs_len else {},
+        "group": record[HEADER_SIZE:start].decode() if group_len else None,
+        "receive_count": receive_count,
+        "enqueued_at": head.enqueued_at,
+        "deadline": deadline,
+        "receipt": [ident, receive_count],
+    }
+
+
 def decode(ident: int, record: bytes, head: Header | None = None) -> dict[str, Any]:
     """The message as a receive or peek returns it (without a receipt); `head` saves re-reading the header."""
     state, enqueued_at, timer, receive_count, group_len, attrs_len = head or header(record)
