@@ -8,6 +8,7 @@ the result, because pysyncobj re-applies an entry that raised on every tick, for
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import io
 import logging
@@ -22,11 +23,11 @@ from typing import Any
 import msgpack
 from pysyncobj import SyncObjConf, replicated
 from pysyncobj.config import FAIL_REASON
-from pysyncobj.transport import Transport
 
 from dmq_server.store import CommandError, PartitionStore, StoreOptions
 
 from . import pysyncobj_fixes
+from .host import RaftHost
 from .log import RaftLog
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class GroupSpec:
     data_dir: str
     timings: GroupTimings = GroupTimings()
     password: str | None = None  # authenticates inter-node traffic when the group owns its TCP transport
+    bind_address: str | None = None  # where its own TCP transport listens (default: self_address)
 
 
 def _encode_entry(entry: tuple[bytes, int, int]) -> list[Any]:
@@ -87,12 +89,14 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
     runs callbacks; `submit` may be called from any thread."""
 
     def __init__(self, spec: GroupSpec, *, store_options: StoreOptions | None = None,
-                 transport: Transport | None = None, auto_tick: bool = True) -> None:
+                 host: RaftHost | None = None) -> None:
+        """With a `host`, the group shares the node's port, connections and loop thread (how a node runs many
+        partitions); without one it owns a pysyncobj TCP transport and tick thread (tests, tools)."""
         if not pysyncobj_fixes.installed():
             pysyncobj_fixes.install()
         os.makedirs(spec.data_dir, exist_ok=True)
         self.spec = spec
-        self._auto_tick = auto_tick
+        self._host = host
         self._store_path = os.path.join(spec.data_dir, "store")
         self._store_options = store_options
         # The store and its lock exist before SyncObj starts ticking: loading a dump happens on the tick thread.
@@ -105,7 +109,7 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
             fullDumpFile=os.path.join(spec.data_dir, "snapshot.tar"),
             serializer=self._serialize,
             deserializer=self._deserialize,
-            autoTick=auto_tick,
+            autoTick=host is None,
             autoTickPeriod=timings.tick,
             appendEntriesUseBatch=False,  # send at once: a lone command does not wait for a batching tick
             appendEntriesPeriod=timings.heartbeat,
@@ -118,9 +122,15 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
             logCompactionMinEntries=timings.snapshot_min_entries,
             logCompactionMinTime=timings.snapshot_min_seconds,
             password=spec.password,
+            bindAddress=spec.bind_address or spec.self_address,  # never pysyncobj's default, 0.0.0.0
             dynamicMembershipChange=False,
         )
+        transport = None if host is None else host.transport_for(spec.group_id)
+        self._tick_actions: collections.deque[Callable[[], None]] = collections.deque()
         super().__init__(spec.self_address, list(spec.peers), conf, transport=transport)
+        self.addOnTickCallback(self._run_tick_actions)
+        if host is not None:
+            host.add(self)
 
     # ------------------------------------------------------------------ the state machine
 
@@ -257,23 +267,23 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
         return not self._isLeader()
 
     def _on_next_tick(self, action: Callable[[], None]) -> None:
-        """Run `action` once on the tick thread, where pysyncobj's Raft state may be touched."""
+        """Run `action` once on the tick thread, where pysyncobj's Raft state may be touched. (A tick callback
+        cannot remove itself: pysyncobj holds its callback lock while it runs them.)"""
+        self._tick_actions.append(action)
 
-        def once() -> None:
-            self.removeOnTickCallback(once)
-            action()
-
-        self.addOnTickCallback(once)
+    def _run_tick_actions(self) -> None:
+        while self._tick_actions:
+            self._tick_actions.popleft()()
 
     def close(self, *, graceful: bool = True) -> None:
         """Stop: hand leadership over first (graceful), then stop ticking and close the log and the store
         (the snapshot file stays for the next start)."""
         if graceful:
             self.step_down()
-        if self._auto_tick:
+        if self._host is None:
             self.destroy_synchronous()
         else:
-            self._destroy()
+            self._host.remove(self, destroy=True)
         with self._store_lock:
             self.store.close()
         self._raft_log.close()

@@ -535,7 +535,13 @@ class SyncObj(_StockSyncObj):
                         logger.warning('%s lost entries up to %d (now has up to %d); resending from there',
                                        node, self.__raftMatchIndex[node], nextNodeIdx - 1)
                         self.__raftMatchIndex[node] = nextNodeIdx - 1
-                    self.__raftNextIndex[node] = nextNodeIdx
+                    # A rejection only ever lowers nextIndex: when one heartbeat carries several messages, the
+                    # first is rejected at the conflict and the later ones (whose prevLogIdx lies beyond the
+                    # follower's log) with higher hints; obeying those would undo the back-off every time and
+                    # never send the entry before the conflict (a deposed leader with a divergent tail never
+                    # caught up).
+                    if nextNodeIdx < self.__raftNextIndex[node]:
+                        self.__raftNextIndex[node] = nextNodeIdx
                 self.__lastResponseTime[node] = monotonicTime()
 
     # -- leader: sending (copy of pysyncobj 0.3.17, chunking finish condition fixed) -----------------------------

@@ -157,3 +157,38 @@ def test_graceful_stop_hands_leadership_over(replicas: Replicas) -> None:
     new = replicas.leader()
     assert new is not old and time.monotonic() - started < 2.0
     assert replicas.submit("enqueue", messages=[[b"after", None, None, None, None]])[0]["id"] == 2
+
+
+def test_partitions_share_one_host_per_node(tmp_path) -> None:
+    from dmq_server.raft.host import RaftHost
+
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(3)]
+    hosts = [RaftHost(address, b"cluster-secret-for-tests-0123456789").start() for address in addresses]
+    groups: dict[str, list[PartitionGroup]] = {}
+    try:
+        for partition in range(4):
+            group_id = f"q/{partition}"
+            groups[group_id] = [
+                PartitionGroup(GroupSpec(group_id, address, tuple(a for a in addresses if a != address),
+                                         str(tmp_path / f"n{i}" / group_id.replace("/", "-")), TIMINGS),
+                               host=host)
+                for i, (address, host) in enumerate(zip(addresses, hosts))]
+        for group_id, replicas in groups.items():
+            leader: list[PartitionGroup] = []
+            wait_for(lambda: len([g for g in replicas if g.is_leader()]) == 1, what=f"a leader of {group_id}")
+            leader = [g for g in replicas if g.is_leader()]
+            for i in range(5):
+                outcome = leader[0].submit_sync({"op": "enqueue", "now": T0 + i,
+                                                  "messages": [[group_id.encode(), None, None, None, None]]})
+                assert outcome["result"][0]["id"] == i + 1
+            index = leader[0].raftLastApplied
+            wait_for(lambda: all(g.query(lambda s: s.applied_index) >= index for g in replicas), what="apply")
+            states = [g.query(lambda s: s.peek(10)) for g in replicas]
+            assert states[0] == states[1] == states[2] and len(states[0]) == 5
+        assert all(host.stats()["listeners"] == 1 for host in hosts) if "listeners" in hosts[0].stats() else True
+    finally:
+        for replicas in groups.values():
+            for group in replicas:
+                group.close(graceful=False)
+        for host in hosts:
+            host.stop()

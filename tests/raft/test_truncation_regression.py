@@ -159,11 +159,14 @@ def test_fixed_leader_never_rewinds_on_ack_and_backs_off_on_rejection():
         assert (match[f], nxt[f]) == (6, 10)
         obj._SyncObj__onMessageReceived(f, _nni(11, True))
         assert (match[f], nxt[f]) == (10, 11)
-        obj._SyncObj__onMessageReceived(f, _nni(99, False, reset=True))  # hint past our log: clamp
-        assert (match[f], nxt[f]) == (10, 13)
+        obj._SyncObj__onMessageReceived(f, _nni(99, False, reset=True))  # a rejection never raises nextIndex
+        assert (match[f], nxt[f]) == (10, 11)
         # Replies arrive in order, so a rejection below the match index means the follower lost its log (a
         # wiped disk): lowering both is safe (commits only wait longer) and lets the leader resend or snapshot.
         obj._SyncObj__onMessageReceived(f, _nni(8, False, reset=True))
+        assert (match[f], nxt[f]) == (7, 8)
+        # Later messages of the same heartbeat are rejected with higher hints: they must not undo the back-off.
+        obj._SyncObj__onMessageReceived(f, _nni(10, False, reset=True))
         assert (match[f], nxt[f]) == (7, 8)
         obj._SyncObj__onMessageReceived(f, _nni(13, True))
         assert (match[f], nxt[f]) == (12, 13)
