@@ -42,9 +42,11 @@ def bench_store(messages: int, batch: int, body_bytes: int, consumed: int, as_js
 @click.option("--latency-commands", default=2_000, show_default=True,
               help="Sequential one-message commands for the latency run.")
 @click.option("--failover-rounds", default=5, show_default=True, help="Leader kills (0 skips the failover run).")
+@click.option("--transport", type=click.Choice(["host", "pysyncobj"]), default="host", show_default=True,
+              help="host: the node's shared authenticated transport (production); pysyncobj: its own TCP one.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of progress lines.")
 def bench_raft(cmds: int, batch: int, body_bytes: int, window: int, latency_commands: int, failover_rounds: int,
-               as_json: bool) -> None:
+               transport: str, as_json: bool) -> None:
     """Benchmark one partition replicated over 3 local processes (fsync on): throughput, latency, failover."""
     from dmq_server.raft import bench
 
@@ -54,7 +56,7 @@ def bench_raft(cmds: int, batch: int, body_bytes: int, window: int, latency_comm
         raise click.BadParameter("counts must be positive")
     results = bench.run_in_temp(cmds=cmds, msgs=batch, body_bytes=body_bytes, window=window,
                                 latency_commands=latency_commands, failover_rounds=failover_rounds,
-                                progress=(lambda line: None) if as_json else click.echo)
+                                host=transport == "host", progress=(lambda line: None) if as_json else click.echo)
     if as_json:
         click.echo(json.dumps(results))
 

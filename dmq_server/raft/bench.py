@@ -74,13 +74,16 @@ def measure_failover(cluster: LocalCluster, rounds: int, root: str, *, k: int = 
 
 def run(root: str, *, cmds: int = 3_000, msgs: int = 100, body_bytes: int = 100, window: int = 50,
         latency_commands: int = 2_000, failover_rounds: int = 5, timings: GroupTimings | None = None,
-        progress: Callable[[str], None] = print) -> dict[str, Any]:
+        host: bool = True, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """`host`: replicas on a RaftHost (the node's shared authenticated transport, as dmq-server runs them);
+    otherwise on pysyncobj's own TCP transport."""
     timings = timings or GroupTimings()
     results: dict[str, Any] = {"replicas": 3, "fsync": True, "msgs_per_command": msgs, "body_bytes": body_bytes,
-                               "window": window, "timings": {"heartbeat": timings.heartbeat,
+                               "window": window, "transport": "raft-host" if host else "pysyncobj-tcp",
+                               "timings": {"heartbeat": timings.heartbeat,
                                                              "election_min": timings.election_min,
                                                              "election_max": timings.election_max}}
-    cluster = LocalCluster(root, options=timing_options(timings))
+    cluster = LocalCluster(root, options=timing_options(timings) + (["--host"] if host else []))
     try:
         cluster.start()
         leader = cluster.wait_leader(timeout=30)

@@ -113,7 +113,9 @@ class RaftHost:
                  max_round_seconds: float = 0.05):
         host, port = address.rsplit(":", 1)
         self.address = address
-        self._bind = (bind_address or host, int(port))
+        # bind_address: "host" (the address's port) or "host:port" (e.g. behind a proxy that owns the address)
+        bind_host, _, bind_port = (bind_address or host).partition(":")
+        self._bind = (bind_host, int(bind_port or port))
         self._secret = _hash_secret(secret)
         self.max_frame_bytes = int(max_frame_bytes)
         self.max_send_buffer = int(max_send_buffer)

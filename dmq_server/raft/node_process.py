@@ -43,6 +43,7 @@ import logging
 import os
 import select
 import signal
+import secrets
 import socket
 import subprocess
 import sys
@@ -52,6 +53,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .group import GroupSpec, GroupTimings, PartitionGroup, RaftUnavailable
+from .host import RaftHost
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +61,9 @@ log = logging.getLogger(__name__)
 # ====================================================================================================== the replica
 
 class HostedGroup(PartitionGroup):
-    def __init__(self, spec: GroupSpec) -> None:
+    def __init__(self, spec: GroupSpec, host: RaftHost | None) -> None:
         self.snapshot_installs = 0  # snapshots that replaced the store (a follower catching up through one)
-        super().__init__(spec)
+        super().__init__(spec, host=host)
 
     def _deserialize(self, file_name: str) -> tuple[Any, Any, Any]:
         before = self.store
@@ -391,6 +393,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--snapshot-entries", type=int, default=defaults.snapshot_min_entries)
     parser.add_argument("--snapshot-seconds", type=int, default=defaults.snapshot_min_seconds)
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--host", action="store_true",
+                        help="run the group on a RaftHost (the node's shared, authenticated transport; the cluster "
+                             "secret comes from the DMQ_CLUSTER_SECRET environment variable)")
     args = parser.parse_args(argv)
 
     # Replies go to the original stdout; anything else printing to fd 1 lands on stderr.
@@ -407,8 +412,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                            snapshot_min_entries=args.snapshot_entries, snapshot_min_seconds=args.snapshot_seconds)
     spec = GroupSpec(args.group_id, args.self_address, tuple(args.peer), args.data, timings,
                      bind_address=args.bind)
-    group = HostedGroup(spec)
-    Server(group).serve(sys.stdin, out)
+    host = None
+    if args.host:
+        host = RaftHost(args.self_address, os.environb[b"DMQ_CLUSTER_SECRET"], bind_address=args.bind).start()
+    group = HostedGroup(spec, host)
+    try:
+        Server(group).serve(sys.stdin, out)
+    finally:
+        if host is not None:
+            host.stop()
     out.close()
 
 
@@ -436,9 +448,10 @@ class NodeProcess:
     """Starts one replica process and talks to it. Only this object's own PID is ever signalled."""
 
     def __init__(self, self_address: str, peers: Sequence[str], data_dir: str, *, bind: str | None = None,
-                 options: Sequence[str] = (), log_path: str | None = None) -> None:
+                 options: Sequence[str] = (), log_path: str | None = None, secret: str | None = None) -> None:
         self.address, self.peers, self.data_dir, self.bind = self_address, list(peers), data_dir, bind
         self.options = list(options)
+        self.secret = secret or secrets.token_hex(32)  # used with --host
         self.log_path = log_path or os.path.join(os.path.dirname(os.path.abspath(data_dir)),
                                                  os.path.basename(data_dir) + ".log")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -461,7 +474,8 @@ class NodeProcess:
         os.makedirs(os.path.dirname(os.path.abspath(self.log_path)), exist_ok=True)
         # The child imports dmq_server from where this process did, installed or not.
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+               "DMQ_CLUSTER_SECRET": self.secret}
         with open(self.log_path, "ab") as log_file:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file,
                                          env=env)
@@ -547,9 +561,10 @@ class LocalCluster:
         binds = [f"127.0.0.1:{p}" for p in ports]
         self.addresses = list(fronts) if fronts is not None else binds
         self.binds = binds
+        secret = secrets.token_hex(32)  # one cluster secret for the replicas (used with --host)
         self.nodes = [NodeProcess(self.addresses[i], [a for j, a in enumerate(self.addresses) if j != i],
                                   os.path.join(root, f"n{i}"), bind=binds[i], options=options,
-                                  log_path=os.path.join(root, f"n{i}.log")) for i in range(n)]
+                                  log_path=os.path.join(root, f"n{i}.log"), secret=secret) for i in range(n)]
 
     def start(self) -> "LocalCluster":
         for node in self.nodes:

@@ -49,6 +49,7 @@ class PartitionStore:
         self._meta = Meta.decode(self._db.get(keys.META))
         self._write_options = unsynced_writes()
         self._removed_since_compaction = 0
+        self._lowest_seen = 1  # queries' own cursor: no live message has a lower id (not replicated state)
         self._lock = threading.Lock()  # orders close() against a background compaction
         self._handlers: dict[str, Callable[[Txn, Meta, dict[str, Any], int], Any]] = {
             "configure": self._configure,
@@ -110,6 +111,7 @@ class PartitionStore:
 
     def _configure(self, txn: Txn, meta: Meta, command: dict[str, Any], now: int) -> dict[str, Any]:
         meta.config = updated_config(meta.config, command.get("attrs"), ever_had_messages=meta.next_id > 1)
+        meta.retention_due = 0  # the retention may have changed: look again at the next advance
         return meta.config.to_dict()
 
     def _enqueue(self, txn: Txn, meta: Meta, command: dict[str, Any], now: int) -> list[dict[str, Any]]:
@@ -147,6 +149,8 @@ class PartitionStore:
             if message.dedup_id is not None:
                 if remembered_until is not None:  # its window ended, not yet forgotten: forget it now
                     txn.delete(keys.dedup_expiry(remembered_until, message.dedup_id))
+                else:
+                    meta.dedup_entries += 1
                 window_end = now + config.dedup_window_ms
                 txn.put(keys.DEDUP + message.dedup_id, keys.pack_pair(ident, window_end))
                 txn.put(keys.dedup_expiry(window_end, message.dedup_id), b"")
@@ -318,10 +322,25 @@ class PartitionStore:
     # ------------------------------------------------------------------ advancing time
 
     def _advance(self, txn: Txn, meta: Meta, now: int) -> dict[str, int]:
-        counts = {"expired": self._expire_retention(txn, meta, now)}
-        counts["returned"], counts["dead_lettered"] = self._expire_visibility(txn, meta, now)
-        counts["due"] = self._release_delayed(txn, meta, now)
-        counts["dedup_expired"] = self._forget_dedup(txn, meta, now)
+        # Each step scans only when it has something to look at: a scan costs an iterator even when empty.
+        counts = {"expired": 0, "returned": 0, "dead_lettered": 0, "due": 0, "dedup_expired": 0}
+        if not meta.count:
+            meta.message_low = meta.next_id
+            meta.retention_due = now + meta.config.retention_ms  # a message enqueued from now on
+        elif now >= meta.retention_due:
+            counts["expired"] = self._expire_retention(txn, meta, now)
+        if meta.in_flight:
+            counts["returned"], counts["dead_lettered"] = self._expire_visibility(txn, meta, now)
+        else:
+            meta.in_flight_cursor = keys.in_flight(now, 0)
+        if meta.delayed:
+            counts["due"] = self._release_delayed(txn, meta, now)
+        else:
+            meta.delayed_cursor = keys.delayed(now, 0)
+        if meta.dedup_entries:
+            counts["dedup_expired"] = self._forget_dedup(txn, meta, now)
+        else:
+            meta.dedup_cursor = keys.dedup_expiry(now, b"")
         return counts
 
     def _expire_retention(self, txn: Txn, meta: Meta, now: int) -> int:
@@ -331,11 +350,16 @@ class PartitionStore:
             ident = keys.id_of(key)
             meta.message_low = ident
             head = records.header(record)
-            if expired == self._options.advance_limit or head.enqueued_at + retention > now:
+            if expired == self._options.advance_limit:
+                meta.retention_due = now
+                return expired
+            if head.enqueued_at + retention > now:
+                meta.retention_due = head.enqueued_at + retention  # later messages are younger
                 return expired
             self._remove(txn, meta, ident, record, head)
             expired += 1
         meta.message_low = meta.next_id
+        meta.retention_due = now + retention
         return expired
 
     def _expire_visibility(self, txn: Txn, meta: Meta, now: int) -> tuple[int, int]:
@@ -400,6 +424,7 @@ class PartitionStore:
             remembered = txn.get(dedup_key)
             if remembered is not None and keys.unpack_pair(remembered)[1] == window_end:
                 txn.delete(dedup_key)
+                meta.dedup_entries -= 1
             txn.delete(key)
             forgotten += 1
         meta.dedup_cursor = keys.dedup_expiry(now, b"")
@@ -524,12 +549,17 @@ class PartitionStore:
 
     def peek(self, count: int) -> list[dict[str, Any]]:
         """The first `count` messages by id, in any state."""
+        if count < 1:
+            return []
         messages = []
-        start = keys.message(self._meta.message_low)
+        start = keys.message(max(self._meta.message_low, self._lowest_seen))
         for key, record in self._database().items(from_key=start, read_opt=bounded(keys.end_of(keys.MESSAGE))):
             if len(messages) == count:
                 break
             messages.append(records.decode(keys.id_of(key), record))
+        # Ids are never reused, so no message below the lowest one seen now can appear later: the next peek
+        # starts there instead of stepping again over the tombstones of everything consumed since.
+        self._lowest_seen = messages[0]["id"] if messages else self._meta.next_id
         return messages
 
     def dead_letters(self, limit: int) -> list[dict[str, Any]]:
@@ -579,7 +609,7 @@ class PartitionStore:
                 return
             meta = self._meta
             ranges = [
-                (keys.MESSAGE, keys.message(meta.message_low)),
+                (keys.MESSAGE, keys.message(max(meta.message_low, self._lowest_seen))),
                 (keys.BACK, keys.back(meta.back_low)),
                 (keys.HEAD, keys.head(meta.head_low)),
                 (keys.IN_FLIGHT, meta.in_flight_cursor),
