@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import enum
 import io
 import logging
 import os
@@ -40,6 +41,36 @@ _SNAPSHOT_STORE = "store"
 
 Result = dict[str, Any]
 Callback = Callable[[Result], None]
+
+
+class AckMode(str, enum.Enum):
+    """When a write is acknowledged. QUORUM: committed on a majority, each of which fsynced it; survives the
+    loss of any minority. LEADER: fsynced on the leader, replicated after (the seed's asynchronous
+    replication): faster, but a write the leader had not yet replicated when it failed can be lost, since the
+    new leader overwrites that index."""
+
+    QUORUM = "quorum"
+    LEADER = "leader"
+
+
+class _LeaderAck:
+    """A submit acknowledged when the leader's log has the entry durably, before it commits."""
+
+    __slots__ = ("callback", "fired")
+
+    def __init__(self, callback: Callback) -> None:
+        self.callback = callback
+        self.fired = False
+
+    def durable(self, index: int, term: int) -> None:
+        if not self.fired:
+            self.fired = True
+            self.callback({"accepted": {"index": index, "term": term}})
+
+    def finished(self, outcome: Result) -> None:
+        if not self.fired:  # failed (or committed) before the leader's fsync was seen
+            self.fired = True
+            self.callback(outcome)
 
 
 class RaftUnavailable(Exception):
@@ -150,9 +181,11 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
 
     # ------------------------------------------------------------------ submitting
 
-    def submit(self, command: dict[str, Any], callback: Callback) -> None:
-        """Replicate `command` and call `callback` with {"result": ...} or {"error": code, "message": ...}
-        once it is committed on a majority (every replica fsynced it) and applied here."""
+    def submit(self, command: dict[str, Any], callback: Callback, ack: AckMode = AckMode.QUORUM) -> None:
+        """Replicate `command` and call `callback` once, from the tick thread. QUORUM: with {"result": ...} or
+        {"error": code, "message": ...} once it is committed on a majority and applied here. LEADER: with
+        {"accepted": {"index", "term"}} once the leader's log holds it durably (its result is not waited for),
+        or with an error."""
         data = msgpack.packb(command)
         if len(data) > MAX_COMMAND_BYTES:
             raise RaftUnavailable("CommandTooLarge", f"command of {len(data)} bytes exceeds {MAX_COMMAND_BYTES}")
@@ -160,18 +193,25 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
             raise RaftUnavailable("NotLeader", f"this node is not the leader of {self.spec.group_id}",
                                   self.leader_address())
 
+        deliver = callback
+        if ack == AckMode.LEADER:
+            leader_ack = _LeaderAck(callback)
+            deliver = leader_ack.finished
+
         def done(result: Any, error: int) -> None:
             if error == FAIL_REASON.SUCCESS:
-                callback(result)
+                deliver(result)
             else:
-                callback({"error": "Unavailable" if error != FAIL_REASON.NOT_LEADER else "NotLeader",
-                          "message": f"the command was not committed ({_FAILURES.get(error, error)}); "
-                                     "its outcome is unknown, retry it with the same dedup ids",
-                          "leader": self.leader_address()})
+                deliver({"error": "Unavailable" if error != FAIL_REASON.NOT_LEADER else "NotLeader",
+                         "message": f"the command was not committed ({_FAILURES.get(error, error)}); "
+                                    "its outcome is unknown, retry it with the same dedup ids",
+                         "leader": self.leader_address()})
 
+        if ack == AckMode.LEADER:
+            done.leader_ack = leader_ack  # type: ignore[attr-defined]  # found again once the entry is durable
         self._apply_entry(data, callback=done)
 
-    def submit_sync(self, command: dict[str, Any], timeout: float = 10.0) -> Result:
+    def submit_sync(self, command: dict[str, Any], timeout: float = 10.0, ack: AckMode = AckMode.QUORUM) -> Result:
         """Blocking submit, for tests and tools."""
         finished = threading.Event()
         outcome: list[Result] = []
@@ -180,7 +220,7 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
             outcome.append(result)
             finished.set()
 
-        self.submit(command, callback)
+        self.submit(command, callback, ack)
         if not finished.wait(timeout):
             raise RaftUnavailable("Timeout", f"no commit within {timeout} s; the outcome is unknown")
         return outcome[0]
@@ -270,6 +310,21 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
         """Run `action` once on the tick thread, where pysyncobj's Raft state may be touched. (A tick callback
         cannot remove itself: pysyncobj holds its callback lock while it runs them.)"""
         self._tick_actions.append(action)
+
+    def _dmq_afterSync(self) -> None:
+        """Leader-mode acknowledgements: right after the tick's fsync, entries this leader's log holds durably
+        are acknowledged, without waiting for the followers."""
+        waiting = self._SyncObj__commandsWaitingCommit
+        if not waiting or not self._isLeader():
+            return
+        durable = self._raft_log.durableLastIndex
+        for index, subscribers in list(waiting.items()):
+            if index > durable:
+                continue
+            for term, callback in subscribers:
+                leader_ack = getattr(callback, "leader_ack", None)
+                if leader_ack is not None:
+                    leader_ack.durable(index, term)
 
     def _run_tick_actions(self) -> None:
         while self._tick_actions:

@@ -262,7 +262,12 @@ class SyncObj(_StockSyncObj):
         # last poll) is made durable before pysyncobj's leader commit computation counts this node, and before any
         # follower acknowledgement leaves.
         self._dmq_syncAndReply()
+        self._dmq_afterSync()
         super()._onTick(timeToWait)
+
+    def _dmq_afterSync(self):
+        """Hook for subclasses: the log was just fsynced, before this tick's Raft work (a leader may acknowledge
+        what is durable locally here)."""
 
     def __onBecomeLeader(self):
         _StockSyncObj._SyncObj__onBecomeLeader(self)

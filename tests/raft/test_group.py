@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from dmq_server.raft.group import GroupSpec, GroupTimings, PartitionGroup, RaftUnavailable
+from dmq_server.raft.group import AckMode, GroupSpec, GroupTimings, PartitionGroup, RaftUnavailable
 
 from .cluster import free_ports
 
@@ -192,3 +192,15 @@ def test_partitions_share_one_host_per_node(tmp_path) -> None:
                 group.close(graceful=False)
         for host in hosts:
             host.stop()
+
+
+def test_leader_ack_mode_acknowledges_before_commit_and_replicates_after(replicas: Replicas) -> None:
+    leader = replicas.leader()
+    followers = [g for g in replicas.live() if g is not leader]
+    outcome = leader.submit_sync({"op": "enqueue", "now": T0, "messages": [[b"fast", None, None, None, None]]},
+                                 ack=AckMode.LEADER)
+    accepted = outcome["accepted"]
+    assert accepted["index"] >= 1 and accepted["index"] <= leader._raft_log.durableLastIndex
+    wait_for(lambda: all(g.query(lambda s: s.applied_index) >= accepted["index"] for g in replicas.live()),
+             what="the leader-acknowledged write to reach every replica")
+    assert all(g.query(lambda s: s.peek(5))[0]["body"] == b"fast" for g in followers)
