@@ -31,7 +31,7 @@ def timing_options(timings: GroupTimings) -> list[str]:
             "--snapshot-seconds", str(timings.snapshot_min_seconds)]
 
 
-def _first_ack_after(nodes: list[NodeProcess], since: float, timeout: float) -> float | None:
+def first_ack_after(nodes: list[NodeProcess], since: float, timeout: float) -> float | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for node in nodes:
@@ -58,7 +58,7 @@ def measure_failover(cluster: LocalCluster, rounds: int, root: str, *, k: int = 
         survivors = [n for n in cluster.nodes if n is not leader]
         killed_at = time.time()
         leader.kill9()
-        elapsed = _first_ack_after(survivors, killed_at, timeout=15)
+        elapsed = first_ack_after(survivors, killed_at, timeout=15)
         results.append(elapsed)
         progress(f"failover round {round_no + 1}/{rounds}: "
                  + (f"{elapsed * 1000:.0f} ms" if elapsed is not None else "no ack within 15 s"))

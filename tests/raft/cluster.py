@@ -16,6 +16,10 @@ REPO = Path(__file__).resolve().parents[2]
 NODE = Path(__file__).resolve().parent / "node_proc.py"
 
 
+def free_port():
+    return free_ports(1)[0]
+
+
 def free_ports(n):
     socks, ports = [], []
     try:

@@ -2,9 +2,7 @@
 the raw command length instead of the pickled entry's, so an entry whose pickle crosses a chunk boundary that the
 command does not gets a premature 'finish' (the follower unpickles a truncated buffer)."""
 
-import socket
 
-import pytest
 
 import pysyncobj.pickle as ps_pickle
 from pysyncobj import SyncObj as StockSyncObj
@@ -13,22 +11,13 @@ from pysyncobj.node import TCPNode
 from pysyncobj.syncobj import _RAFT_STATE
 from dmq_server.raft import pysyncobj_fixes as fx
 
+from .cluster import free_port
+
 B = 4096  # appendEntriesBatchSizeBytes for the test
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _installed():
-    fx.install()
-
-
 def _leader_with_big_entry(cls, command):
-    me, other = "127.0.0.1:%d" % _free_port(), "127.0.0.1:%d" % _free_port()
+    me, other = "127.0.0.1:%d" % free_port(), "127.0.0.1:%d" % free_port()
     obj = cls(me, [other], SyncObjConf(autoTick=False, appendEntriesBatchSizeBytes=B))
     follower = TCPNode(other)
     obj._SyncObj__raftLog.add(command, 2, 1)
@@ -72,7 +61,7 @@ def test_fixed_sends_one_finish_and_follower_gets_the_entry():
     finally:
         obj._doDestroy()
     # and a fixed follower appends it
-    me, leader = "127.0.0.1:%d" % _free_port(), "127.0.0.1:%d" % _free_port()
+    me, leader = "127.0.0.1:%d" % free_port(), "127.0.0.1:%d" % free_port()
     f = fx.SyncObj(me, [leader], SyncObjConf(autoTick=False, appendEntriesBatchSizeBytes=B))
     try:
         for m in chunks:
@@ -85,7 +74,7 @@ def test_fixed_sends_one_finish_and_follower_gets_the_entry():
 
 
 def test_fixed_follower_survives_a_corrupt_transmission():
-    me, leader = "127.0.0.1:%d" % _free_port(), "127.0.0.1:%d" % _free_port()
+    me, leader = "127.0.0.1:%d" % free_port(), "127.0.0.1:%d" % free_port()
     f = fx.SyncObj(me, [leader], SyncObjConf(autoTick=False))
     try:
         base = {"type": "append_entries", "term": 1, "commit_index": 1, "prevLogIdx": 1, "prevLogTerm": 0}

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from dmq_server.raft.bench import timing_options
+from dmq_server.raft.bench import first_ack_after, timing_options
 from dmq_server.raft.group import GroupTimings
-from dmq_server.raft.node_process import LocalCluster, NodeError, NodeProcess
+from dmq_server.raft.node_process import LocalCluster, NodeProcess
 
 from .proxy import FaultProxy
 
@@ -70,17 +70,7 @@ class Harness:
         return bodies
 
     def first_ack_after(self, nodes: list[NodeProcess], since: float, timeout: float = 15.0) -> float | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for node in nodes:
-                try:
-                    first = node.call("writer_report", wait=5, since=since).get("first_ack_since")
-                except (NodeError, TimeoutError):
-                    continue
-                if first is not None:
-                    return first - since
-            time.sleep(0.02)
-        return None
+        return first_ack_after(nodes, since, timeout)
 
     # -------------------------------------------------------------- checks
 

@@ -2,29 +2,19 @@
 its first entries were older than the snapshot, e.g. after a crash between writing a snapshot and compacting the
 log, losing acknowledged entries)."""
 
-import socket
 
 import pytest
 
 from pysyncobj import SyncObj as StockSyncObj
 from pysyncobj import SyncObjConf
 from dmq_server.raft import pysyncobj_fixes as fx
+
+from .cluster import free_port
 from dmq_server.raft.log import RaftLog
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _installed():
-    fx.install()
-
-
 def _node(cls, journal=None):
-    obj = cls("127.0.0.1:%d" % _free_port(), ["127.0.0.1:%d" % _free_port()],
+    obj = cls("127.0.0.1:%d" % free_port(), ["127.0.0.1:%d" % free_port()],
               SyncObjConf(autoTick=False, journalFile=journal))
     log = obj._SyncObj__raftLog
     for i in range(2, 11):

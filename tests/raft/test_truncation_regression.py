@@ -7,7 +7,6 @@ as committed). The leader re-sends such messages because it rewinds ``nextIndex`
 These tests drive the message handler of a real SyncObj directly (no ticking, no peer), deterministically.
 """
 
-import socket
 
 import pytest
 
@@ -16,22 +15,13 @@ from pysyncobj import SyncObjConf
 from pysyncobj.node import TCPNode
 from pysyncobj.syncobj import _RAFT_STATE
 from dmq_server.raft import pysyncobj_fixes as fx
+
+from .cluster import free_port
 from dmq_server.raft.log import RaftLog
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _installed():
-    fx.install()
-
-
 def _make(cls, journal=None):
-    me, leader = "127.0.0.1:%d" % _free_port(), "127.0.0.1:%d" % _free_port()  # nobody listens on 'leader'
+    me, leader = "127.0.0.1:%d" % free_port(), "127.0.0.1:%d" % free_port()  # nobody listens on 'leader'
     conf = SyncObjConf(autoTick=False, journalFile=journal)
     obj = cls(me, [leader], conf)
     return obj, TCPNode(leader)
