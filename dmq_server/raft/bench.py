@@ -91,6 +91,7 @@ def run(root: str, *, cmds: int = 3_000, msgs: int = 100, body_bytes: int = 100,
         assert "result" in outcome["outcome"], outcome
 
         leader.call("load", wait=120, cmds=min(200, cmds), msgs=msgs, size=body_bytes, window=window, timeout=60)
+        term_before = _settled_term(cluster)
         load = leader.call("load", wait=600, cmds=cmds, msgs=msgs, size=body_bytes, window=window, timeout=540)
         results["throughput"] = {
             "commands": load["acked"], "failed": load["failed"], "seconds": round(load["elapsed"], 3),
@@ -99,6 +100,10 @@ def run(root: str, *, cmds: int = 3_000, msgs: int = 100, body_bytes: int = 100,
         progress(f"throughput: {results['throughput']['msgs_per_s']:,} msgs/s ({load['acked']} commands of "
                  f"{msgs} x {body_bytes} B, window {window}; commit p50 {results['throughput']['commit_p50_ms']} ms)")
         cluster.wait_converged(timeout=120)
+        time.sleep(1.0)  # an election the load provoked may start just after the last commit
+        term_after = max(status["term"] for status in cluster.statuses().values())
+        results["throughput"]["elections_under_load"] = term_after - term_before
+        progress(f"elections during and just after the throughput run: {term_after - term_before}")
 
         leader = cluster.wait_leader(timeout=30)
         lat = leader.call("latency", wait=600, n=latency_commands, msgs=1, size=body_bytes, timeout=10)
@@ -122,6 +127,20 @@ def run(root: str, *, cmds: int = 3_000, msgs: int = 100, body_bytes: int = 100,
     finally:
         cluster.stop()
     return results
+
+
+def _settled_term(cluster: LocalCluster, quiet: float = 1.0, timeout: float = 30.0) -> int:
+    """The cluster's term once it has not changed for `quiet` seconds (start-up elections are over)."""
+    deadline = time.monotonic() + timeout
+    term, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        current = max(status["term"] for status in cluster.statuses().values())
+        if current != term:
+            term, since = current, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+        time.sleep(0.1)
+    return term
 
 
 def run_in_temp(**kwargs: Any) -> dict[str, Any]:

@@ -155,6 +155,7 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
             password=spec.password,
             bindAddress=spec.bind_address or spec.self_address,  # never pysyncobj's default, 0.0.0.0
             dynamicMembershipChange=False,
+            onStateChanged=self._on_state_changed,
         )
         transport = None if host is None else host.transport_for(spec.group_id)
         self._tick_actions: collections.deque[Callable[[], None]] = collections.deque()
@@ -162,6 +163,10 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
         self.addOnTickCallback(self._run_tick_actions)
         if host is not None:
             host.add(self)
+
+    def _on_state_changed(self, old: int, new: int) -> None:
+        log.info("group %s: %s -> %s in term %d", self.spec.group_id, _STATES.get(old, old), _STATES.get(new, new),
+                 self.raftCurrentTerm)
 
     # ------------------------------------------------------------------ the state machine
 
@@ -344,4 +349,5 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
         self._raft_log.close()
 
 
+_STATES = {0: "follower", 1: "candidate", 2: "leader"}
 _FAILURES = {value: name for name, value in vars(FAIL_REASON).items() if isinstance(value, int)}

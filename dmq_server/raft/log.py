@@ -80,6 +80,10 @@ class RaftLog(Journal):
             options.create_if_missing(True)
             options.set_max_background_jobs(2)
             options.set_max_total_wal_size(64 << 20)
+            options.set_write_buffer_size(16 << 20)
+            # Write flushed SST files back 1 MiB at a time: one large writeback at a flush's end made the next WAL
+            # fsync wait behind it for hundreds of milliseconds, long enough for an election.
+            options.set_bytes_per_sync(1 << 20)
         self._db = Rdict(path, options)
         self._wo = WriteOptions()
         self._wo.sync = False

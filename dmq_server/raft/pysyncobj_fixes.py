@@ -274,6 +274,45 @@ class SyncObj(_StockSyncObj):
         # DMQ: the no-op is durable before a one-node group counts it toward commit later in this tick.
         self._dmq_syncLog()
 
+    # -- applying (copy of pysyncobj 0.3.17, bounded per tick) ---------------------------------------------------
+
+    # DMQ: stock applied every committed entry in one tick. A replica that fell behind (a burst of pipelined
+    # commands, a restart) then spent seconds in one tick without answering or sending heartbeats, and its peers
+    # held elections. Each tick now applies at most this many entries or this long; the next tick goes on at once.
+    _dmq_applyMaxEntries = 256
+    _dmq_applyMaxSeconds = 0.02
+
+    def __applyLogEntries(self):
+        needSendAppendEntries = False
+
+        if self.__raftCommitIndex > self.__raftLastApplied:
+            count = min(self.__raftCommitIndex - self.__raftLastApplied, self._dmq_applyMaxEntries)
+            entries = self.__getEntries(self.__raftLastApplied + 1, count)
+            stopAt = monotonicTime() + self._dmq_applyMaxSeconds
+            for entry in entries:
+                try:
+                    currentTermID = entry[2]
+                    subscribers = self.__commandsWaitingCommit.pop(entry[1], [])
+                    res = self.__doApplyCommand(entry[0])
+                    for subscribeTermID, callback in subscribers:
+                        if subscribeTermID == currentTermID:
+                            callback(res, FAIL_REASON.SUCCESS)
+                        else:
+                            callback(None, FAIL_REASON.DISCARDED)
+
+                    self.__raftLastApplied += 1
+                except _ps_syncobj.SyncObjExceptionWrongVer as e:
+                    logger.error(
+                        'request to switch to unsupported code version (self version: %d, requested version: %d)' %
+                        (self.__selfCodeVersion, e.ver))
+                if monotonicTime() > stopAt:  # DMQ
+                    break
+
+            if not self.__conf.appendEntriesUseBatch:
+                needSendAppendEntries = True
+
+        return needSendAppendEntries
+
     # -- log access ----------------------------------------------------------------------------------------------
 
     def __getEntries(self, fromIDx, count=None, maxSizeBytes = None):

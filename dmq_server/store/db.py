@@ -44,6 +44,7 @@ def partition_options(resources: SharedResources, write_buffer_bytes: int) -> Op
     options.set_write_buffer_size(write_buffer_bytes)
     options.set_max_write_buffer_number(3)
     options.set_max_background_jobs(2)
+    options.set_bytes_per_sync(1 << 20)  # write flushes back gradually, not in one burst that stalls WAL fsyncs
     options.set_keep_log_file_num(2)
     options.set_compression_type(DBCompressionType.lz4())
     options.set_write_buffer_manager(resources.write_buffer_manager())
