@@ -10,8 +10,8 @@ SIGKILL are known. The checks, after the faults:
 
 Duration on a shared 2-core machine: ~80 s for the whole file when it passes (20 leader kills ~33 s, 100,000-entry
 snapshot catch-up ~18 s, both marked slow: deselect with -m "not slow"). The [leader] isolation case and
-test_deposed_leader_with_a_divergent_tail_rejoins reproduce a livelock in pysyncobj_fixes (a deposed leader whose
-last entry diverges never catches up); each fails in about half of the runs until that is fixed.
+test_deposed_leader_with_a_divergent_tail_rejoins are the regression tests of a livelock these tests found (a
+deposed leader whose last entry diverged never caught up: the rejection hints of one heartbeat undid the back-off).
 """
 
 from __future__ import annotations
