@@ -380,8 +380,11 @@ class RaftHost:
 
     # ------------------------------------------------------------------------------------------ wake-ups
 
-    def _wake(self):
+    def _wake(self, entry=None):
+        """Wake the loop (at most one byte in the pipe at a time); `entry`: a group with news to tick."""
         with self._lock:
+            if entry is not None:
+                self._notified.add(entry)
             if self._wake_pending:
                 return
             self._wake_pending = True
@@ -391,15 +394,7 @@ class RaftHost:
             pass
 
     def _notify_entry(self, entry):
-        with self._lock:
-            self._notified.add(entry)
-            if self._wake_pending:
-                return
-            self._wake_pending = True
-        try:
-            os.write(self._wake_w, b"\0")
-        except (BlockingIOError, OSError):
-            pass
+        self._wake(entry)
 
     def _drain_wake(self):
         try:

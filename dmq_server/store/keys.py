@@ -21,8 +21,6 @@ DEDUP = b"U"  # U dedup id -> (message id, window end)
 DEDUP_EXPIRY = b"E"  # E window end dedup id -> b""
 DEAD = b"X"  # X id -> dead-letter record
 
-PREFIXES = (MESSAGE, BACK, IN_FLIGHT, DELAYED, HEAD, GROUP, NEXT, DEDUP, DEDUP_EXPIRY, DEAD)
-
 _U64 = struct.Struct(">Q")
 _U64_PAIR = struct.Struct(">QQ")
 _U64_TRIPLE = struct.Struct(">QQQ")

@@ -8,7 +8,7 @@ import msgpack
 
 from .config import QueueConfig
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclasses.dataclass(slots=True)
@@ -16,7 +16,6 @@ class Meta:
     applied: int = 0  # last Raft index applied
     last_now: int = 0  # effective time never moves backwards
     next_id: int = 1
-    count: int = 0
     ready: int = 0
     in_flight: int = 0
     delayed: int = 0
@@ -49,6 +48,11 @@ class Meta:
                                f"{FORMAT_VERSION})")
         fields[-1] = QueueConfig.from_dict(fields[-1])
         return cls(*fields)
+
+    @property
+    def count(self) -> int:
+        """Messages in any state (dead-letter records are not messages of the queue)."""
+        return self.ready + self.in_flight + self.delayed
 
     def copy(self) -> "Meta":
         return dataclasses.replace(self)

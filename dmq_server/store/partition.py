@@ -72,8 +72,6 @@ class PartitionStore:
         assert type(index) is int and index >= 1, f"raft index must be a positive int, got {index!r}"
         if index <= self._meta.applied:
             return None
-        meta = self._meta.copy()
-        meta.applied = index
         try:
             if not isinstance(command, dict):
                 raise InvalidCommand("a command is a map with at least 'op' and 'now'")
@@ -82,21 +80,26 @@ class PartitionStore:
                 raise UnknownOperation(f"unknown operation {command.get('op')!r}; known: {', '.join(self._handlers)}")
             now = commands.now_of(command)
         except CommandError:
-            self._commit_meta_only(meta)
+            self._record_rejected(index)
             raise
+        meta = self._meta.copy()
+        meta.applied = index
         meta.last_now = max(meta.last_now, now)
         txn = Txn(self._database(), _SCANNED_AFTER_INSERT)
         try:
             result = handler(txn, meta, command, meta.last_now)
         except CommandError:
-            self._commit_meta_only(_with_applied(self._meta, index))
+            self._record_rejected(index)
             raise
         txn.put(keys.META, meta.encode())
         txn.commit(self._write_options)
         self._meta = meta
         return result
 
-    def _commit_meta_only(self, meta: Meta) -> None:
+    def _record_rejected(self, index: int) -> None:
+        """A rejected command changes nothing but the applied index, so a replay skips it."""
+        meta = self._meta.copy()
+        meta.applied = index
         txn = Txn(self._database())
         txn.put(keys.META, meta.encode())
         txn.commit(self._write_options)
@@ -144,7 +147,6 @@ class PartitionStore:
                 txn.put(keys.message(ident), records.encode(
                     records.READY, now, 0, 0, group, message.attrs, message.body))
                 meta.ready += 1
-            meta.count += 1
             meta.bytes += len(message.body) + len(message.attrs)
             if message.dedup_id is not None:
                 if remembered_until is not None:  # its window ended, not yet forgotten: forget it now
@@ -294,7 +296,7 @@ class PartitionStore:
         purged = meta.count
         for prefix in (keys.MESSAGE, keys.BACK, keys.IN_FLIGHT, keys.DELAYED, keys.HEAD, keys.GROUP, keys.NEXT):
             txn.delete_range(prefix, keys.end_of(prefix))
-        meta.count = meta.ready = meta.in_flight = meta.delayed = meta.bytes = 0
+        meta.ready = meta.in_flight = meta.delayed = meta.bytes = 0
         meta.fresh = meta.message_low = meta.back_low = meta.head_low = meta.next_id
         self._note_removed(purged)
         return {"purged": purged}
@@ -462,7 +464,6 @@ class PartitionStore:
             txn.delete(keys.delayed(head.timer, ident))
             meta.delayed -= 1
         txn.delete(keys.message(ident))
-        meta.count -= 1
         meta.bytes -= records.size_of(head, record)
         if meta.config.fifo:
             group = records.group_of(record, head)
@@ -627,12 +628,6 @@ class PartitionStore:
             if self._db is not None:
                 self._db.close()
                 self._db = None
-
-
-def _with_applied(meta: Meta, index: int) -> Meta:
-    recorded = meta.copy()
-    recorded.applied = index
-    return recorded
 
 
 __all__ = ["PartitionStore", "StoreOptions", "QueueConfig"]

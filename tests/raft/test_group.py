@@ -185,7 +185,9 @@ def test_partitions_share_one_host_per_node(tmp_path) -> None:
             wait_for(lambda: all(g.query(lambda s: s.applied_index) >= index for g in replicas), what="apply")
             states = [g.query(lambda s: s.peek(10)) for g in replicas]
             assert states[0] == states[1] == states[2] and len(states[0]) == 5
-        assert all(host.stats()["listeners"] == 1 for host in hosts) if "listeners" in hosts[0].stats() else True
+        for host in hosts:  # four partitions, one connection per peer node (the last may still be dialling)
+            wait_for(lambda: host.stats()["connections"] == 2, what="a connection to each peer node")
+            assert host.stats()["groups"] == 4
     finally:
         for replicas in groups.values():
             for group in replicas:
