@@ -1,5 +1,5 @@
-"""A queue partition as a Raft group: pysyncobj (with dmq's fixes) over a RocksDB log, the partition store as
-the state machine, RocksDB checkpoints as snapshots.
+"""A Raft group: pysyncobj (with dmq's fixes) over a RocksDB log, a store as the state machine (a queue
+partition's store unless told otherwise, or the metadata store), its checkpoints as snapshots.
 
 Commands travel as opaque msgpack bytes through ONE replicated entry point (a second @replicated method would
 shift pysyncobj's method ids). The state machine never raises on a bad command: the store's typed error becomes
@@ -19,13 +19,13 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import msgpack
 from pysyncobj import SyncObjConf, replicated
 from pysyncobj.config import FAIL_REASON
 
-from dmq_server.store import CommandError, PartitionStore, StoreOptions
+from dmq_server.store import CommandError, PartitionStoreFactory, StoreOptions
 
 from . import pysyncobj_fixes
 from .host import RaftHost
@@ -41,6 +41,29 @@ _SNAPSHOT_STORE = "store"
 
 Result = dict[str, Any]
 Callback = Callable[[Result], None]
+T = TypeVar("T")
+
+
+class StateMachine(Protocol):
+    """What a group replicates: deterministic, applies each Raft index once, durable up to applied_index."""
+
+    @property
+    def applied_index(self) -> int: ...
+
+    def apply(self, index: int, command: Any) -> Any:
+        """Apply the command at `index` (a no-op at or below applied_index); raise CommandError to reject it."""
+
+    def checkpoint(self, target_dir: str) -> None:
+        """A consistent copy of the state at applied_index into a new directory."""
+
+    def close(self) -> None: ...
+
+
+class StoreFactory(Protocol):
+    def open(self, path: str) -> StateMachine: ...
+
+    def restore(self, checkpoint_dir: str, path: str) -> StateMachine:
+        """Replace the store at `path` (closed) by the checkpoint's content and open it."""
 
 
 class AckMode(str, enum.Enum):
@@ -116,23 +139,25 @@ def _decode_entry(raw: list[Any]) -> tuple[bytes, int, int]:
 
 
 class PartitionGroup(pysyncobj_fixes.SyncObj):
-    """One replica of one partition. Thread model: pysyncobj's tick thread (or a host's) applies commands and
+    """One replica of one Raft group. Thread model: pysyncobj's tick thread (or a host's) applies commands and
     runs callbacks; `submit` may be called from any thread."""
 
     def __init__(self, spec: GroupSpec, *, store_options: StoreOptions | None = None,
-                 host: RaftHost | None = None) -> None:
+                 host: RaftHost | None = None, store_factory: StoreFactory | None = None) -> None:
         """With a `host`, the group shares the node's port, connections and loop thread (how a node runs many
-        partitions); without one it owns a pysyncobj TCP transport and tick thread (tests, tools)."""
+        partitions); without one it owns a pysyncobj TCP transport and tick thread (tests, tools). The state
+        machine comes from `store_factory`, by default a partition store with `store_options`."""
+        assert store_factory is None or store_options is None, "store options belong to the store factory"
         if not pysyncobj_fixes.installed():
             pysyncobj_fixes.install()
         os.makedirs(spec.data_dir, exist_ok=True)
         self.spec = spec
         self._host = host
         self._store_path = os.path.join(spec.data_dir, "store")
-        self._store_options = store_options
+        self._store_factory: StoreFactory = store_factory or PartitionStoreFactory(store_options)
         # The store and its lock exist before SyncObj starts ticking: loading a dump happens on the tick thread.
         self._store_lock = threading.RLock()
-        self.store = PartitionStore(self._store_path, store_options)
+        self.store = self._store_factory.open(self._store_path)
         self._raft_log = RaftLog(os.path.join(spec.data_dir, "raftlog"))
         timings = spec.timings
         conf = SyncObjConf(
@@ -237,16 +262,16 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
         leader = self._getLeader()
         return None if leader is None else getattr(leader, "address", str(leader))
 
-    def query(self, reader: Callable[[PartitionStore], Any]) -> Any:
-        """Run a read-only store query, safe against a snapshot install swapping the store."""
+    def query(self, reader: Callable[[Any], T]) -> T:
+        """Run a read-only query on the store (the state machine), safe against a snapshot install swapping it."""
         with self._store_lock:
             return reader(self.store)
 
     # ------------------------------------------------------------------ snapshots
 
     def _serialize(self, file_name: str, raft_data: tuple[Any, Any, Any]) -> None:
-        """Called on the tick thread when the state is exactly raftLastApplied: a RocksDB checkpoint of the store
-        (hard links) plus pysyncobj's last two entries, tarred into one file that pysyncobj can ship."""
+        """Called on the tick thread when the state is exactly raftLastApplied: a checkpoint of the store
+        (RocksDB: hard links) plus pysyncobj's last two entries, tarred into one file that pysyncobj can ship."""
         last_entry, previous_entry, nodes = raft_data
         staging = file_name + ".checkpoint"
         shutil.rmtree(staging, ignore_errors=True)
@@ -290,8 +315,7 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
         try:
             with self._store_lock:
                 self.store.close()
-                self.store = PartitionStore.restore(os.path.join(staging, _SNAPSHOT_STORE), self._store_path,
-                                                    self._store_options)
+                self.store = self._store_factory.restore(os.path.join(staging, _SNAPSHOT_STORE), self._store_path)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         log.info("group %s: installed snapshot at index %d", self.spec.group_id, snapshot_index)

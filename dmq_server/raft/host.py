@@ -499,6 +499,8 @@ class RaftHost:
                 due = one_second
             if d["_SyncObj__raftCommitIndex"] > d["_SyncObj__raftLastApplied"]:
                 due = min(due, now + 0.002)
+            if getattr(d["_SyncObj__raftLog"], "dirty", False):  # fsync (group commit) at once: nothing else
+                due = now  # may wake a leader without followers, whose commit waits only for that fsync
             if len(d["_SyncObj__commandsQueue"]._FastQueue__queue):
                 due = min(due, now + (0.0 if d["_SyncObj__raftLeader"] is not None else 0.05))
         except (KeyError, AttributeError):  # not the pysyncobj layout we know: tick like autoTickPeriod

@@ -37,6 +37,8 @@ from __future__ import annotations
 import os
 import struct
 import threading
+import time
+from collections.abc import Callable
 
 from pysyncobj.journal import Journal
 from rocksdict import Options, ReadOptions, Rdict, WriteBatch, WriteOptions
@@ -65,6 +67,8 @@ def _decode_entry(key: bytes, value: bytes) -> tuple:
 
 
 class RaftLog(Journal):
+    # Called with every fsync's duration in seconds; the node points it at its metrics (one node per process).
+    observe_fsync: Callable[[float], None] = staticmethod(lambda seconds: None)
     """RocksDB-backed Raft log for pysyncobj (see the module docstring).
 
     Not thread-safe for concurrent mutation: pysyncobj calls it from its tick thread only. ``len()`` and the
@@ -406,7 +410,9 @@ class RaftLog(Journal):
         if not self._dirty:
             return False
         self._save_commit()
+        started = time.perf_counter()
         self._db.flush_wal(True)
+        RaftLog.observe_fsync(time.perf_counter() - started)
         self._dirty = False
         self._sync_count += 1
         self._durable_last = self._last if len(self) else 0
@@ -434,7 +440,9 @@ class RaftLog(Journal):
         if self._closed:
             return
         self._save_commit()
+        started = time.perf_counter()
         self._db.flush_wal(True)
+        RaftLog.observe_fsync(time.perf_counter() - started)
         self._dirty = False
         self._db.close()
         self._closed = True

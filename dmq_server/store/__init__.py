@@ -3,7 +3,7 @@
 from .config import QueueConfig
 from .db import SharedResources
 from .errors import CommandError, InvalidCommand, InvalidReceipt, MessageTooLarge, UnknownOperation
-from .partition import PartitionStore, StoreOptions
+from .partition import PartitionStore, PartitionStoreFactory, StoreOptions
 
 __all__ = [
     "CommandError",
@@ -11,6 +11,7 @@ __all__ = [
     "InvalidReceipt",
     "MessageTooLarge",
     "PartitionStore",
+    "PartitionStoreFactory",
     "QueueConfig",
     "SharedResources",
     "StoreOptions",

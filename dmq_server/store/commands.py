@@ -7,13 +7,14 @@ passes whole or changes nothing.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple, TypeVar
 
 import msgpack
 
 from . import limits
 from .config import QueueConfig
-from .errors import InvalidCommand, InvalidReceipt, MessageTooLarge
+from .errors import InvalidCommand, InvalidReceipt, MessageTooLarge, UnknownOperation
 
 ATTRIBUTE_TYPES = (str, bytes, int, float, bool)
 
@@ -26,6 +27,20 @@ class NewMessage(NamedTuple):
     group: bytes | None
 
 
+Handler = TypeVar("Handler")
+
+
+def dispatch(command: Any, handlers: Mapping[str, Handler]) -> tuple[Handler, int]:
+    """The handler for a command's 'op' and the command's 'now'; InvalidCommand or UnknownOperation otherwise."""
+    if not isinstance(command, dict):
+        raise InvalidCommand("a command is a map with at least 'op' and 'now'")
+    op = command.get("op")
+    handler = handlers.get(op) if isinstance(op, str) else None  # a list op is unhashable
+    if handler is None:
+        raise UnknownOperation(f"unknown operation {op!r}; known: {', '.join(handlers)}")
+    return handler, now_of(command)
+
+
 def now_of(command: dict[str, Any]) -> int:
     now = command.get("now")
     if type(now) is not int or not 0 <= now < limits.MAX_TIME_MS:
@@ -33,7 +48,7 @@ def now_of(command: dict[str, Any]) -> int:
     return now
 
 
-def _int_field(value: Any, name: str, low: int, high: int) -> int:
+def int_field(value: Any, name: str, low: int, high: int) -> int:
     if type(value) is not int or not low <= value <= high:
         raise InvalidCommand(f"{name} must be an integer from {low} to {high}")
     return value
@@ -87,7 +102,7 @@ def parse_enqueue(command: dict[str, Any], config: QueueConfig) -> list[NewMessa
         if delay is not None:
             if config.fifo:
                 raise InvalidCommand("FIFO queues take no per-message delay; set the queue's delay_ms instead")
-            _int_field(delay, "delay_ms", 0, limits.MAX_DELAY_MS)
+            int_field(delay, "delay_ms", 0, limits.MAX_DELAY_MS)
         encoded_attrs = _attributes(attrs)
         size = len(body) + len(encoded_attrs)
         if size > config.max_message_bytes:
@@ -99,10 +114,10 @@ def parse_enqueue(command: dict[str, Any], config: QueueConfig) -> list[NewMessa
 
 
 def parse_receive(command: dict[str, Any]) -> tuple[int, int | None]:
-    count = _int_field(command.get("max"), "'max'", 1, limits.MAX_RECEIVE)
+    count = int_field(command.get("max"), "'max'", 1, limits.MAX_RECEIVE)
     visibility = command.get("visibility_ms")
     if visibility is not None:
-        _int_field(visibility, "'visibility_ms'", 0, limits.MAX_VISIBILITY_MS)
+        int_field(visibility, "'visibility_ms'", 0, limits.MAX_VISIBILITY_MS)
     return count, visibility
 
 
@@ -128,9 +143,9 @@ def parse_change_visibility(command: dict[str, Any]) -> list[tuple[int, int, int
         if not isinstance(entry, (list, tuple)) or len(entry) != 3:
             raise InvalidCommand("each entry must be [message id, receive count, visibility_ms]")
         ident, count = _receipt(entry[:2])
-        parsed.append((ident, count, _int_field(entry[2], "visibility_ms", 0, limits.MAX_VISIBILITY_MS)))
+        parsed.append((ident, count, int_field(entry[2], "visibility_ms", 0, limits.MAX_VISIBILITY_MS)))
     return parsed
 
 
 def parse_ack_dead_letters(command: dict[str, Any]) -> int:
-    return _int_field(command.get("upto"), "'upto'", 0, 2**63 - 1)
+    return int_field(command.get("upto"), "'upto'", 0, 2**63 - 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 
 from rocksdict import (BlockBasedOptions, Cache, DBCompressionType, Options, Rdict, WriteBufferManager,
@@ -66,3 +68,13 @@ def unsynced_writes() -> WriteOptions:
     options = WriteOptions()
     options.sync = False
     return options
+
+
+def replace_with_checkpoint(checkpoint_dir: str, path: str) -> None:
+    """Replace the database at `path` (closed by the caller) by a copy of a checkpoint. The copy is complete before
+    the old database goes; a crash between the two leaves no database, which Raft refills from its snapshot."""
+    staging = path + ".restoring"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(checkpoint_dir, staging)
+    shutil.rmtree(path, ignore_errors=True)
+    os.rename(staging, path)

@@ -39,9 +39,7 @@ class Meta:
         return msgpack.packb([FORMAT_VERSION, fields])
 
     @classmethod
-    def decode(cls, raw: bytes | None) -> "Meta":
-        if raw is None:
-            return cls()
+    def decode(cls, raw: bytes) -> "Meta":
         version, fields = msgpack.unpackb(raw)
         if version != FORMAT_VERSION:
             raise RuntimeError(f"partition meta format {version} is not supported by this dmq (expects "

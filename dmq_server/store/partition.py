@@ -8,8 +8,6 @@ counters and cursors, are one WriteBatch, so a crash leaves the state of command
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,8 +18,8 @@ from rocksdict import Checkpoint, Rdict
 from . import commands, keys, records
 from .compactor import Compactor
 from .config import QueueConfig, updated_config
-from .db import DEFAULT_RESOURCES, SharedResources, open_partition_db, unsynced_writes
-from .errors import QUEUE_FULL, RECEIPT_EXPIRED, CommandError, InvalidCommand, UnknownOperation
+from .db import DEFAULT_RESOURCES, SharedResources, open_partition_db, replace_with_checkpoint, unsynced_writes
+from .errors import QUEUE_FULL, RECEIPT_EXPIRED, CommandError
 from .meta import Meta
 from .txn import Txn, bounded
 
@@ -42,11 +40,17 @@ class StoreOptions:
 
 
 class PartitionStore:
-    def __init__(self, path: str, options: StoreOptions | None = None) -> None:
+    def __init__(self, path: str, options: StoreOptions | None = None,
+                 initial_config: QueueConfig | None = None) -> None:
+        """`initial_config` is the configuration of a partition whose database has no meta record yet: every
+        replica is created from the same committed queue definition, so starting from it is deterministic. A
+        persisted configuration always wins."""
+        assert initial_config is None or isinstance(initial_config, QueueConfig), initial_config
         self.path = path
         self._options = options or StoreOptions()
         self._db: Rdict | None = open_partition_db(path, self._options.resources, self._options.write_buffer_bytes)
-        self._meta = Meta.decode(self._db.get(keys.META))
+        raw_meta = self._db.get(keys.META)
+        self._meta = Meta(config=initial_config or QueueConfig()) if raw_meta is None else Meta.decode(raw_meta)
         self._write_options = unsynced_writes()
         self._removed_since_compaction = 0
         self._lowest_seen = 1  # queries' own cursor: no live message has a lower id (not replicated state)
@@ -73,12 +77,7 @@ class PartitionStore:
         if index <= self._meta.applied:
             return None
         try:
-            if not isinstance(command, dict):
-                raise InvalidCommand("a command is a map with at least 'op' and 'now'")
-            handler = self._handlers.get(command.get("op"))  # type: ignore[arg-type]
-            if handler is None:
-                raise UnknownOperation(f"unknown operation {command.get('op')!r}; known: {', '.join(self._handlers)}")
-            now = commands.now_of(command)
+            handler, now = commands.dispatch(command, self._handlers)
         except CommandError:
             self._record_rejected(index)
             raise
@@ -572,6 +571,37 @@ class PartitionStore:
             letters.append(msgpack.unpackb(raw))
         return letters
 
+    def next_visible_at(self, now: int) -> int | None:
+        """When a receive would next find a message: `now` when one is receivable now, else the earliest
+        visibility deadline or end of a delay (a time <= now means the next advance makes one receivable), None
+        when nothing will become receivable without a send. Cheap: counters and at most three seeks."""
+        meta = self._meta
+        if meta.config.fifo:
+            if self._first_key(keys.head(meta.head_low), keys.HEAD) is not None:
+                return now
+        elif meta.ready:
+            return now
+        return _earliest(self._first_time(meta.in_flight_cursor, keys.IN_FLIGHT),
+                         self._first_time(meta.delayed_cursor, keys.DELAYED))
+
+    def next_due_at(self, now: int) -> int | None:
+        """When a `tick` would next have work (a lease or delay ending, retention or a dedup window expiring);
+        None when nothing is pending."""
+        meta = self._meta
+        return _earliest(self._first_time(meta.in_flight_cursor, keys.IN_FLIGHT),
+                         self._first_time(meta.delayed_cursor, keys.DELAYED),
+                         self._first_time(meta.dedup_cursor, keys.DEDUP_EXPIRY),
+                         meta.retention_due if meta.count else None)
+
+    def _first_key(self, start: bytes, prefix: bytes) -> bytes | None:
+        for key in self._database().keys(from_key=start, read_opt=bounded(keys.end_of(prefix))):
+            return key
+        return None
+
+    def _first_time(self, cursor: bytes, prefix: bytes) -> int | None:
+        key = self._first_key(cursor, prefix)
+        return None if key is None else keys.unpack_u64(key[1:9])
+
     def receivable(self, now: int, count: int) -> list[int]:
         """The ids a receive at `now` for `count` messages would pick; computed on a copy, written nowhere."""
         meta = self._meta.copy()
@@ -588,14 +618,12 @@ class PartitionStore:
         Checkpoint(self._database()).create_checkpoint(target_dir)
 
     @classmethod
-    def restore(cls, checkpoint_dir: str, path: str, options: StoreOptions | None = None) -> "PartitionStore":
-        """Replace the partition at `path` by a checkpoint's content and open it. The caller closed the old one."""
-        staging = path + ".restoring"
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(checkpoint_dir, staging)
-        shutil.rmtree(path, ignore_errors=True)
-        os.rename(staging, path)
-        return cls(path, options)
+    def restore(cls, checkpoint_dir: str, path: str, options: StoreOptions | None = None,
+                initial_config: QueueConfig | None = None) -> "PartitionStore":
+        """Replace the partition at `path` by a checkpoint's content and open it. The caller closed the old one.
+        (`initial_config` matters only for a checkpoint taken before anything was applied.)"""
+        replace_with_checkpoint(checkpoint_dir, path)
+        return cls(path, options, initial_config)
 
     def _note_removed(self, removed: int) -> None:
         self._removed_since_compaction += removed
@@ -630,4 +658,23 @@ class PartitionStore:
                 self._db = None
 
 
-__all__ = ["PartitionStore", "StoreOptions", "QueueConfig"]
+@dataclasses.dataclass(frozen=True)
+class PartitionStoreFactory:
+    """Opens a Raft group's partition store (the group's StoreFactory)."""
+
+    options: StoreOptions | None = None
+    initial_config: QueueConfig | None = None
+
+    def open(self, path: str) -> PartitionStore:
+        return PartitionStore(path, self.options, self.initial_config)
+
+    def restore(self, checkpoint_dir: str, path: str) -> PartitionStore:
+        return PartitionStore.restore(checkpoint_dir, path, self.options, self.initial_config)
+
+
+def _earliest(*times: int | None) -> int | None:
+    known = [time for time in times if time is not None]
+    return min(known) if known else None
+
+
+__all__ = ["PartitionStore", "PartitionStoreFactory", "StoreOptions", "QueueConfig"]

@@ -1,4 +1,5 @@
-"""Partition groups: three replicas of a partition store replicating through pysyncobj with dmq's fixes."""
+"""Raft groups: three replicas of a partition store (or of the metadata store) replicating through pysyncobj
+with dmq's fixes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from dmq_server.metadata import MetadataStore, MetadataStoreFactory
 from dmq_server.raft.group import AckMode, GroupSpec, GroupTimings, PartitionGroup, RaftUnavailable
 
 from .cluster import free_ports
@@ -206,3 +208,27 @@ def test_leader_ack_mode_acknowledges_before_commit_and_replicates_after(replica
     wait_for(lambda: all(g.query(lambda s: s.applied_index) >= accepted["index"] for g in replicas.live()),
              what="the leader-acknowledged write to reach every replica")
     assert all(g.query(lambda s: s.peek(5))[0]["body"] == b"fast" for g in followers)
+
+
+def test_the_metadata_store_as_state_machine(tmp_path) -> None:
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(3)]
+    replicas = [PartitionGroup(GroupSpec("metadata", address, tuple(a for a in addresses if a != address),
+                                         str(tmp_path / f"r{i}"), TIMINGS), store_factory=MetadataStoreFactory())
+                for i, address in enumerate(addresses)]
+    try:
+        wait_for(lambda: len([g for g in replicas if g.is_leader()]) == 1, what="a single leader")
+        leader = next(g for g in replicas if g.is_leader())
+        outcome = leader.submit_sync({"op": "create_queue", "now": T0, "name": "orders", "attrs": {"fifo": True},
+                                      "partitions": [["n1", "n2", "n3"], ["n2", "n3", "n1"]], "max_queues": 10})
+        record = outcome["result"]
+        assert record["id"] == 1 and record["partitions"][1] == ["n2", "n3", "n1"]
+        missing = leader.submit_sync({"op": "delete_queue", "now": T0, "name": "nope"})
+        assert missing["error"] == "QueueNotFound"  # a rejected command is a result; the group keeps serving
+        index = leader.raftLastApplied
+        wait_for(lambda: all(g.query(lambda s: s.applied_index) >= index for g in replicas), what="apply")
+        states = [g.query(MetadataStore.snapshot) for g in replicas]
+        assert states[0] == states[1] == states[2]
+        assert states[0]["queues"] == [record] and states[0]["version"] == record["version"]
+    finally:
+        for group in replicas:
+            group.close(graceful=False)

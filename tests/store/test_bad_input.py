@@ -20,6 +20,7 @@ BAD_COMMANDS: list[tuple[Any, type[CommandError]]] = [
     ({"now": NOW}, UnknownOperation),
     ({"op": "explode", "now": NOW}, UnknownOperation),
     ({"op": b"enqueue", "now": NOW}, UnknownOperation),
+    ({"op": ["enqueue"], "now": NOW}, UnknownOperation),
     ({"op": "tick"}, InvalidCommand),
     ({"op": "tick", "now": -1}, InvalidCommand),
     ({"op": "tick", "now": 1.5}, InvalidCommand),
