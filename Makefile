@@ -12,7 +12,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 run: $(VENV)/.installed
-	$(BIN)/dmq bench-store
+	$(BIN)/dmq-server
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest

@@ -1,0 +1,180 @@
+"""The frontend's side of one partition this node leads: group commit, long polls, and the store's answers
+turned into protocol results."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from dmq_client import protocol
+from dmq_client.protocol import ErrorCode
+from dmq_server.raft.group import AckMode, PartitionGroup, RaftUnavailable
+from dmq_server.store import CommandError
+from dmq_server.store import commands as store_commands
+from dmq_server.store.config import QueueConfig
+
+from .batcher import COMMIT_TIMEOUT, PartitionBatcher
+from .requests import OutgoingMessage, Receipt, RequestError, error_code
+
+EMPTY_RETRY_SECONDS = 0.05  # a receive that found nothing although a message looked ready waits this long
+
+
+def _entry_error(code: str) -> dict[str, Any]:
+    messages = {
+        "QueueFull": "the queue holds max_messages messages; retry later or raise the limit",
+        "ReceiptExpired": "the message was received again or its visibility timeout passed since this receipt "
+                          "was issued; receive it again",
+    }
+    return {"error": {"code": code, "message": messages.get(code, code)}}
+
+
+class LocalPartition:
+    """Created when this node leads the partition; dropped when it stops leading or the queue goes away."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, group: PartitionGroup, queue: dict[str, Any],
+                 partition: int, leader_hint: Any) -> None:
+        self.group = group
+        self.queue_id: int = queue["id"]
+        self.queue_name: str = queue["name"]
+        self.partition = partition
+        self._loop = loop
+        ack = AckMode(queue["attrs"].get("ack_mode", "quorum"))
+        self.batcher = PartitionBatcher(loop, group, ack, leader_hint)
+        self.batcher.on_enqueued = self.wake
+        self._waiters: set[asyncio.Future[bool]] = set()
+        self.config = QueueConfig.from_dict(group.query(lambda store: store.config()))
+
+    # ------------------------------------------------------------------ long polls
+
+    def wake(self) -> None:
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(True)
+
+    async def wait(self, seconds: float) -> None:
+        waiter: asyncio.Future[bool] = self._loop.create_future()
+        self._waiters.add(waiter)
+        try:
+            await asyncio.wait_for(waiter, max(seconds, 0.001))
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._waiters.discard(waiter)
+
+    def next_visible_at(self, now_ms: int) -> int | None:
+        return self.group.query(lambda store: store.next_visible_at(now_ms))
+
+    async def wait_for_messages(self, wait_ms: int) -> bool:
+        """True once a receive would find a message here, False when `wait_ms` passed first."""
+        deadline = time.monotonic() + wait_ms / 1000
+        while True:
+            now = _now_ms()
+            due = self.next_visible_at(now)
+            if due is not None and due <= now:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            await self.wait(remaining if due is None else min(remaining, (due - now) / 1000))
+
+    # ------------------------------------------------------------------ operations
+
+    async def send(self, messages: list[OutgoingMessage]) -> list[dict[str, Any]]:
+        entries = [message.entry() for message in messages]
+        try:  # the store's own checks, per request, so one bad request cannot fail the ones it is coalesced with
+            store_commands.parse_enqueue({"messages": entries}, self.config)
+        except CommandError as exc:
+            raise RequestError(error_code(exc.code), exc.message) from None
+        results = await self.batcher.enqueue(entries, sum(message.size() for message in messages))
+        out = []
+        for result in results:
+            if "error" in result:
+                out.append(_entry_error(result["error"]))
+            elif "accepted" in result:  # leader ack mode: durable on the leader, id assigned at commit
+                out.append({"id": None, "duplicate": None})
+            else:
+                out.append({"id": protocol.message_id(self.partition, result["id"]),
+                            "duplicate": result["duplicate"]})
+        return out
+
+    async def receive(self, count: int, visibility_ms: int | None, wait_ms: int) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + wait_ms / 1000
+        while True:
+            now = _now_ms()
+            due = self.next_visible_at(now)
+            remaining = deadline - time.monotonic()
+            if due is not None and due <= now:
+                picked = await self.batcher.receive(count, visibility_ms)
+                if picked or remaining <= 0:
+                    return [self._message(message) for message in picked]
+                await self.wait(min(remaining, EMPTY_RETRY_SECONDS))
+                continue
+            if remaining <= 0:
+                return []
+            await self.wait(remaining if due is None else min(remaining, (due - now) / 1000))
+
+    def _message(self, message: dict[str, Any]) -> dict[str, Any]:
+        sequence, count = message["id"], message["receive_count"]
+        return {
+            "id": protocol.message_id(self.partition, sequence),
+            "body": message["body"],
+            "attributes": message["attrs"],
+            "group": message["group"],
+            "receive_count": count,
+            "enqueued_at": message["enqueued_at"],
+            "receipt": protocol.receipt(self.queue_id, self.partition, sequence, count),
+        }
+
+    async def _per_receipt(self, receipts: list[Receipt], submit: Any, answer: Any) -> list[dict[str, Any]]:
+        """Receipts of a deleted queue of the same name fail alone; the others go to the partition."""
+        assert all(receipt.partition == self.partition for receipt in receipts)
+        mine = [i for i, receipt in enumerate(receipts) if receipt.queue_id == self.queue_id]
+        results: list[dict[str, Any]] = [{"error": {"code": ErrorCode.INVALID_RECEIPT.value,
+                                                    "message": "the receipt belongs to a deleted queue of the "
+                                                               "same name"}}] * len(receipts)
+        if mine:
+            for i, result in zip(mine, await submit(mine)):
+                results[i] = _entry_error(result["error"]) if "error" in result else answer(result)
+        return results
+
+    async def delete(self, receipts: list[Receipt]) -> list[dict[str, Any]]:
+        return await self._per_receipt(
+            receipts, lambda mine: self.batcher.delete([[receipts[i].sequence, receipts[i].receive_count]
+                                                        for i in mine]),
+            lambda result: {"ok": True})
+
+    async def change_visibility(self, entries: list[tuple[Receipt, int]]) -> list[dict[str, Any]]:
+        return await self._per_receipt(
+            [receipt for receipt, _ in entries],
+            lambda mine: self.batcher.change_visibility([[entries[i][0].sequence, entries[i][0].receive_count,
+                                                          entries[i][1]] for i in mine]),
+            lambda result: {"ok": True, "deadline": result["deadline"]})
+
+    async def command(self, command: dict[str, Any]) -> Any:
+        """One command outside the batcher (purge, tick, ack of dead letters)."""
+        future: asyncio.Future[dict[str, Any]] = self._loop.create_future()
+
+        def done(outcome: dict[str, Any]) -> None:
+            self._loop.call_soon_threadsafe(lambda: None if future.done() else future.set_result(outcome))
+
+        try:
+            self.group.submit(command, done)
+        except RaftUnavailable as exc:
+            raise RequestError(error_code(exc.code), str(exc), None) from None
+        try:
+            outcome = await asyncio.wait_for(future, COMMIT_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise RequestError(ErrorCode.TIMEOUT, f"not committed within {COMMIT_TIMEOUT:.0f} s; the outcome is "
+                                                  "unknown") from None
+        if "error" in outcome:
+            raise RequestError(error_code(outcome["error"]), str(outcome.get("message")))
+        return outcome["result"]
+
+    def stats(self) -> dict[str, Any]:
+        return self.group.query(lambda store: store.stats(_now_ms()))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
