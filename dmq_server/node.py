@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from dmq_server.config import NodeConfig
-from dmq_server.metadata.naming import partition_group_id
+from dmq_server.metadata.naming import partition_group_id, queue_id_of
 from dmq_server.metadata.store import MetadataStoreFactory
 from dmq_server.metrics import NodeMetrics, PartitionSample
 from dmq_server.raft import pysyncobj_fixes
@@ -120,7 +120,7 @@ class Node:
             metadata_group = await loop.run_in_executor(None, lambda: PartitionGroup(
                 spec, host=self.host, store_factory=MetadataStoreFactory()))
         self.topology = Topology(config.node_id, [Peer(n.id, str(n.raft), str(n.client)) for n in config.nodes],
-                                 metadata_group, config.metadata_nodes)
+                                 metadata_group)
         self.store_options = StoreOptions()
         self.peers = PeerClients(internal_token(config.secret), self._client_tls(), config.node_id)
         self.broker = Broker(loop, self.topology, self.peers, self.metrics, max_queues=config.limits.max_queues,
@@ -252,8 +252,8 @@ class Node:
     def _deleted(group_id: str, next_queue_id: int) -> bool:
         """A partition not in the metadata is only removed when its queue was created and deleted since: a
         metadata replica that is behind (say, replaying after a restart) must never cost a partition its data."""
-        queue_id = int(group_id[1:].split(".")[0])
-        return queue_id < next_queue_id
+        queue_id = queue_id_of(group_id)
+        return queue_id is not None and queue_id < next_queue_id
 
     def _open_partition(self, record: dict[str, Any], index: int) -> PartitionGroup:
         config = self.config
@@ -276,8 +276,7 @@ class Node:
         """Data of partitions of queues deleted while this node was down."""
         root = os.path.join(self.config.data_dir, "partitions")
         for name in os.listdir(root):
-            if name not in hosted and name.startswith("q") and name[1:].split(".")[0].isdigit() \
-                    and self._deleted(name, next_queue_id):
+            if name not in hosted and self._deleted(name, next_queue_id):
                 shutil.rmtree(os.path.join(root, name), ignore_errors=True)
                 log.info("removed data of partition %s (its queue was deleted)", name)
 

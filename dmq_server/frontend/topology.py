@@ -37,13 +37,11 @@ class MetadataView:
 
 
 class Topology:
-    def __init__(self, node_id: str, peers: list[Peer], metadata_group: PartitionGroup | None,
-                 metadata_members: tuple[str, ...]) -> None:
+    def __init__(self, node_id: str, peers: list[Peer], metadata_group: PartitionGroup | None) -> None:
         self.node_id = node_id
         self.peers = {peer.node_id: peer for peer in peers}
         self._by_raft = {peer.raft: peer for peer in peers}
         self.metadata_group = metadata_group
-        self.metadata_members = metadata_members
         self.groups: dict[str, PartitionGroup] = {}  # replaced whole (copy on write) by the node's reconciler
         self._view = MetadataView()
         self._lock = threading.Lock()

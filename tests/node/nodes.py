@@ -18,7 +18,6 @@ import atexit
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from typing import Any
 
 from dmq_client.connection import Connection
 from dmq_client.errors import DmqError
+from dmq_client.testing import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = [REPO / "config" / f"node{i}.toml" for i in (1, 2, 3)]
@@ -68,21 +68,6 @@ def _close_all() -> None:
     """A last resort when the test process exits without running fixture teardown."""
     for cluster in list(ACTIVE):
         cluster.close()
-
-
-def free_ports(n: int) -> list[int]:
-    """`n` distinct ports free right now on 127.0.0.1 (bound together, so no duplicates)."""
-    socks, ports = [], []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
-    return ports
 
 
 def rewrite_configs(texts: list[str], *, auth: bool) -> tuple[list[str], dict[int, int]]:

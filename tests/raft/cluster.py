@@ -6,11 +6,12 @@ Every process is started here and stopped by its own PID (Popen.kill / terminate
 import json
 import os
 import select
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from dmq_client.testing import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 NODE = Path(__file__).resolve().parent / "node_proc.py"
@@ -18,20 +19,6 @@ NODE = Path(__file__).resolve().parent / "node_proc.py"
 
 def free_port():
     return free_ports(1)[0]
-
-
-def free_ports(n):
-    socks, ports = [], []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
-    return ports
 
 
 class NodeProc:
