@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import struct
+import zlib
 from typing import Any
 
 import msgpack
@@ -141,6 +142,12 @@ def error(request_id: int | None, code: ErrorCode | str, message: str, leader: s
 
 
 # ---------------------------------------------------------------------------------------------- identifiers
+
+def partition_of_key(key: str, partitions: int) -> int:
+    """The partition a keyed send goes to (a FIFO group, else a dedup id): zlib's crc32 of the UTF-8 bytes.
+    Server and SDK route with this one function, so a retry lands where the first attempt did."""
+    return zlib.crc32(key.encode()) % partitions
+
 
 def message_id(partition: int, sequence: int) -> str:
     """A message id, unique within its queue: the partition and the partition's sequence number."""

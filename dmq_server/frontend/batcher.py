@@ -4,7 +4,8 @@ Requests of one kind (send, delete, change visibility, or receive with one visib
 the partition already has `max_in_flight` commands of that kind waiting for commit, or in the same event-loop
 iteration, are appended to one pending command. The command is submitted when a slot frees up or at the end of
 the iteration; its per-entry results are split back to the requests in order. A lone request is submitted at once,
-so coalescing adds no latency when there is no contention.
+so coalescing adds no latency when there is no contention. A send with a batch id stays one segment of the merged
+enqueue, named in the command's "batches" ([batch_id, first, count]), so the partition can recognise a retry.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ COMMIT_TIMEOUT = 10.0
 
 
 class _Batch:
-    __slots__ = ("op", "field", "extra", "entries", "bytes", "waiters")
+    __slots__ = ("op", "field", "extra", "entries", "bytes", "waiters", "segments")
 
     def __init__(self, op: str, field: str, extra: dict[str, Any]) -> None:
         self.op = op
@@ -35,6 +36,7 @@ class _Batch:
         self.bytes = 0
         # (future, first entry, entry count or receive share)
         self.waiters: list[tuple[asyncio.Future[list[Any]], int, int]] = []
+        self.segments: list[list[Any]] = []  # enqueue: [batch_id, first entry, count] of sends with a batch id
 
 
 class PartitionBatcher:
@@ -52,8 +54,13 @@ class PartitionBatcher:
         self._scheduled: set[tuple[str, Any]] = set()
         self.on_enqueued: Callable[[], None] = lambda: None  # wakes long polls once new messages commit
 
-    def enqueue(self, entries: list[list[Any]], size: int) -> asyncio.Future[list[Any]]:
-        return self._add(("enqueue", None), "messages", {}, entries, size, len(entries))
+    def enqueue(self, entries: list[list[Any]], size: int,
+                batch_id: bytes | None = None) -> asyncio.Future[list[Any]]:
+        """`batch_id`: the send's idempotency key (UTF-8), applied by the partition to exactly these entries."""
+        if batch_id is None:
+            return self._add(("enqueue", None), "messages", {}, entries, size, len(entries))
+        return self._add(("enqueue", None), "messages", {}, entries, size + len(batch_id) + 16, len(entries),
+                         batch_id)
 
     def delete(self, receipts: list[list[int]]) -> asyncio.Future[list[Any]]:
         return self._add(("delete", None), "receipts", {}, receipts, 24 * len(receipts), len(receipts))
@@ -61,18 +68,20 @@ class PartitionBatcher:
     def change_visibility(self, entries: list[list[int]]) -> asyncio.Future[list[Any]]:
         return self._add(("change_visibility", None), "entries", {}, entries, 32 * len(entries), len(entries))
 
-    def receive(self, count: int, visibility_ms: int | None) -> asyncio.Future[list[Any]]:
-        """A share of one receive command: up to `count` messages, in the order the partition picks them."""
-        key = ("receive", visibility_ms)
+    def receive(self, count: int, visibility_ms: int | None, max_bytes: int) -> asyncio.Future[list[Any]]:
+        """A share of one receive command: up to `count` messages, in the order the partition picks them.
+        Shares merge only with equal byte budgets, and the command's budget is that one budget (not a sum): all
+        shares together stay within it, so each answer does too."""
+        key = ("receive", (visibility_ms, max_bytes))
         batch = self._pending.get(key)
         if batch is not None and sum(share for _, _, share in batch.waiters) + count > MAX_COMMAND_ENTRIES:
             self._flush(key, force=True)
-        return self._add(key, "max", {"visibility_ms": visibility_ms}, [], 0, count)
+        return self._add(key, "max", {"visibility_ms": visibility_ms, "max_bytes": max_bytes}, [], 0, count)
 
     # ------------------------------------------------------------------ batching
 
     def _add(self, key: tuple[str, Any], field: str, extra: dict[str, Any], entries: list[Any], size: int,
-             share: int) -> asyncio.Future[list[Any]]:
+             share: int, batch_id: bytes | None = None) -> asyncio.Future[list[Any]]:
         batch = self._pending.get(key)
         if batch is not None and (len(batch.entries) + len(entries) > MAX_COMMAND_ENTRIES
                                   or batch.bytes + size > MAX_COMMAND_BYTES):
@@ -82,6 +91,8 @@ class PartitionBatcher:
             batch = self._pending[key] = _Batch(key[0], field, extra)
         future: asyncio.Future[list[Any]] = self._loop.create_future()
         batch.waiters.append((future, len(batch.entries), share))
+        if batch_id is not None:
+            batch.segments.append([batch_id, len(batch.entries), len(entries)])
         batch.entries.extend(entries)
         batch.bytes += size
         if key not in self._scheduled:
@@ -101,6 +112,8 @@ class PartitionBatcher:
                        **batch.extra}
         else:
             command = {"op": batch.op, "now": _now_ms(), batch.field: batch.entries, **batch.extra}
+            if batch.segments:
+                command["batches"] = batch.segments
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
         # Reads must see their own effects: receives and deletes wait for the commit even in leader-ack mode.
         ack = self._ack if batch.op == "enqueue" else AckMode.QUORUM
@@ -115,7 +128,7 @@ class PartitionBatcher:
     def _timed_out(self, key: tuple[str, Any], batch: _Batch) -> None:
         self._committed(key, batch, {"error": ErrorCode.TIMEOUT.value,
                                      "message": f"not committed within {COMMIT_TIMEOUT:.0f} s; the outcome is "
-                                                "unknown, retry with the same dedup ids"}, None)
+                                                "unknown, retry with the same batch_id or dedup ids"}, None)
 
     def _committed(self, key: tuple[str, Any], batch: _Batch, outcome: dict[str, Any],
                    handle: asyncio.TimerHandle | None) -> None:

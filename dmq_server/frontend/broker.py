@@ -5,17 +5,15 @@ role), once, with the principal it is done for."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import time
-import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from dmq_client import protocol
 from dmq_client.protocol import ErrorCode
 from dmq_server.metadata.placement import place_partitions
 from dmq_server.raft.group import RaftUnavailable
-from dmq_server.store.config import QueueConfig
 from dmq_server.metadata.naming import partition_group_id
 
 from . import requests as rq
@@ -30,8 +28,6 @@ ALIVE_MS = 5_000  # a node whose last heartbeat is older is not given new partit
 LEADER_WAIT_SECONDS = 10.0  # create_queue returns once every partition has a leader, or after this long
 SOURCE_QUEUE_ATTRIBUTE = "dmq-source-queue"  # set on messages moved to a dead-letter queue, read by redrive
 METADATA_TIMEOUT = 10.0
-RECEIVE_BYTES_BUDGET = 3 << 20  # a receive's answer stays under the default 4 MiB frame
-MESSAGE_OVERHEAD_BYTES = 512  # id, receipt, group, counters and msgpack framing of one received message
 
 
 def _now_ms() -> int:
@@ -310,9 +306,9 @@ class Broker:
             if request.partition is not None:
                 partition = request.partition
             elif fifo and message.group is not None:  # one group, one partition: order per group holds
-                partition = zlib.crc32(message.group.encode()) % count
+                partition = protocol.partition_of_key(message.group, count)
             elif message.dedup_id is not None:  # a retried send lands where its dedup id is remembered
-                partition = zlib.crc32(message.dedup_id.encode()) % count
+                partition = protocol.partition_of_key(message.dedup_id, count)
             else:
                 if unkeyed is None:
                     unkeyed = self._pick_partition(record, count)
@@ -322,9 +318,11 @@ class Broker:
 
         async def send_to(partition: int, indexes: list[int]) -> None:
             messages = [request.messages[i] for i in indexes]
-            args = {"queue": record["name"], "messages": [_wire_message(m) for m in messages]}
+            args: dict[str, Any] = {"queue": record["name"], "messages": [_wire_message(m) for m in messages]}
+            if request.batch_id is not None:  # with an explicit partition: every message is here
+                args["batch_id"] = request.batch_id
             answers = await self._on_partition(record, partition, forwarded, principal, "send", args,
-                                               lambda local: local.send(messages))
+                                               lambda local: local.send(messages, request.batch_id))
             for index, answer in zip(indexes, answers):
                 results[index] = answer
 
@@ -342,14 +340,12 @@ class Broker:
         record = self._queue(request.queue)
         count = self._partition_count(record, request.partition)
         wait_ms = record["attrs"].get("receive_wait_ms", 0) if request.wait_ms is None else request.wait_ms
-        # Received messages are invisible once picked: the answer must fit one frame, so ask for no more.
-        largest = record["attrs"].get("max_message_bytes") or QueueConfig().max_message_bytes
-        request = dataclasses.replace(request, max_messages=min(
-            request.max_messages, max(1, RECEIVE_BYTES_BUDGET // (largest + MESSAGE_OVERHEAD_BYTES))))
+        # Received messages are invisible once picked, so the partition picks no more than the answer's byte
+        # budget holds (request.max_bytes; a multi-partition receive gives each partition its share).
         if request.partition is not None or count == 1:
             partition = request.partition or 0
             messages = await self._receive_one(record, partition, request.max_messages, request.visibility_ms,
-                                               wait_ms, forwarded, principal)
+                                               wait_ms, forwarded, principal, request.max_bytes)
         else:
             messages = await self._receive_many(record, count, request, wait_ms, forwarded, principal)
         if not forwarded:
@@ -359,12 +355,12 @@ class Broker:
         return messages
 
     def _receive_one(self, record: dict[str, Any], partition: int, count: int, visibility_ms: int | None,
-                     wait_ms: int, forwarded: bool, principal: str) -> Awaitable[list[Any]]:
-        args = {"queue": record["name"], "max_messages": count, "wait_ms": wait_ms}
+                     wait_ms: int, forwarded: bool, principal: str, max_bytes: int) -> Awaitable[list[Any]]:
+        args = {"queue": record["name"], "max_messages": count, "wait_ms": wait_ms, "max_bytes": max_bytes}
         if visibility_ms is not None:
             args["visibility_timeout_ms"] = visibility_ms
         return self._on_partition(record, partition, forwarded, principal, "receive", args,
-                                  lambda local: local.receive(count, visibility_ms, wait_ms))
+                                  lambda local: local.receive(count, visibility_ms, wait_ms, max_bytes))
 
     async def _receive_many(self, record: dict[str, Any], count: int, request: rq.Receive, wait_ms: int,
                             forwarded: bool, principal: str) -> list[Any]:
@@ -378,7 +374,8 @@ class Broker:
                 partition = (start + offset) % count
                 try:
                     collected += await self._receive_one(record, partition, request.max_messages - len(collected),
-                                                         request.visibility_ms, 0, forwarded, principal)
+                                                         request.visibility_ms, 0, forwarded, principal,
+                                                         max(1, request.max_bytes // count))
                 except RequestError as exc:
                     if exc.code not in (ErrorCode.UNAVAILABLE, ErrorCode.NOT_LEADER, ErrorCode.TIMEOUT):
                         raise

@@ -13,6 +13,7 @@ from dmq_server.raft.group import AckMode, PartitionGroup, RaftUnavailable
 from dmq_server.store import CommandError
 from dmq_server.store import commands as store_commands
 from dmq_server.store.config import QueueConfig
+from dmq_server.store.errors import BATCH_MISMATCH
 
 from .batcher import COMMIT_TIMEOUT, PartitionBatcher
 from .requests import OutgoingMessage, Receipt, RequestError, error_code
@@ -81,17 +82,26 @@ class LocalPartition:
 
     # ------------------------------------------------------------------ operations
 
-    async def send(self, messages: list[OutgoingMessage]) -> list[dict[str, Any]]:
+    async def send(self, messages: list[OutgoingMessage], batch_id: str | None = None) -> list[dict[str, Any]]:
+        """`batch_id`: the send's idempotency key; a retry within the dedup window gets the first results again,
+        each marked duplicate, and enqueues nothing."""
         entries = [message.entry() for message in messages]
         try:  # the store's own checks, per request, so one bad request cannot fail the ones it is coalesced with
             store_commands.parse_enqueue({"messages": entries}, self.config)
         except CommandError as exc:
             raise RequestError(error_code(exc.code), exc.message) from None
-        results = await self.batcher.enqueue(entries, sum(message.size() for message in messages))
+        size = sum(message.size() for message in messages)
+        results = await self.batcher.enqueue(entries, size, None if batch_id is None else batch_id.encode())
         out = []
         for result in results:
             if "error" in result:
+                if result["error"] == BATCH_MISMATCH:  # the whole send is one segment: every entry has it
+                    raise RequestError(ErrorCode.INVALID_REQUEST, f"'batch_id' {batch_id!r} was used within the "
+                                       "queue's dedup_window_ms for a send of another number of messages; a retry "
+                                       "must repeat the same messages, a new send needs a new batch_id")
                 out.append(_entry_error(result["error"]))
+                if result.get("duplicate"):  # the first send's error, repeated for a retried batch
+                    out[-1]["duplicate"] = True
             elif "accepted" in result:  # leader ack mode: durable on the leader, id assigned at commit
                 out.append({"id": None, "duplicate": None})
             else:
@@ -99,14 +109,15 @@ class LocalPartition:
                             "duplicate": result["duplicate"]})
         return out
 
-    async def receive(self, count: int, visibility_ms: int | None, wait_ms: int) -> list[dict[str, Any]]:
+    async def receive(self, count: int, visibility_ms: int | None, wait_ms: int,
+                      max_bytes: int) -> list[dict[str, Any]]:
         deadline = time.monotonic() + wait_ms / 1000
         while True:
             now = _now_ms()
             due = self.next_visible_at(now)
             remaining = deadline - time.monotonic()
             if due is not None and due <= now:
-                picked = await self.batcher.receive(count, visibility_ms)
+                picked = await self.batcher.receive(count, visibility_ms, max_bytes)
                 if picked or remaining <= 0:
                     return [self._message(message) for message in picked]
                 await self.wait(min(remaining, EMPTY_RETRY_SECONDS))

@@ -18,6 +18,7 @@ from dmq_server.store import limits as store_limits
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_-]{1,80}\Z")
 MAX_WAIT_MS = 20_000
+RECEIVE_BYTES_BUDGET = 3 << 20  # message records in one receive answer: under the default 4 MiB frame
 MAX_REDRIVE = 100_000
 REPLICATION_FACTORS = (1, 3, 5)
 ACK_MODES = ("quorum", "leader")
@@ -108,6 +109,7 @@ class Send:
     queue: str
     messages: tuple[OutgoingMessage, ...]
     partition: int | None
+    batch_id: str | None = None  # idempotency key of the whole send; requires `partition`
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -117,6 +119,7 @@ class Receive:
     wait_ms: int | None  # None: the queue's receive_wait_ms
     visibility_ms: int | None  # None: the queue's visibility timeout
     partition: int | None
+    max_bytes: int = RECEIVE_BYTES_BUDGET  # of message records in the answer (it must fit a frame)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -294,17 +297,23 @@ def parse(op: Any, raw_args: Any, *, max_partitions: int = 64) -> Any:
     """The typed request for `op`, or RequestError."""
     args = _args(raw_args)
     if op == "send":
-        _only(args, op, ("queue", "messages", "partition"))
+        _only(args, op, ("queue", "messages", "partition", "batch_id"))
         messages = tuple(_message(entry) for entry in _list(args, "messages", store_limits.MAX_BATCH_ENTRIES))
-        return Send(queue_name(args.get("queue")), messages, _partition(args))
+        partition = _partition(args)
+        batch_id = _text(args.get("batch_id"), "batch_id")
+        if batch_id is not None and partition is None:
+            raise invalid("'batch_id' needs an explicit 'partition': a retry must reach the partition that "
+                          "remembers the batch")
+        return Send(queue_name(args.get("queue")), messages, partition, batch_id)
     if op == "receive":
-        _only(args, op, ("queue", "max_messages", "wait_ms", "visibility_timeout_ms", "partition"))
+        _only(args, op, ("queue", "max_messages", "wait_ms", "visibility_timeout_ms", "partition", "max_bytes"))
         return Receive(
             queue=queue_name(args.get("queue")),
             max_messages=_int(args, "max_messages", 1, store_limits.MAX_RECEIVE, 1) or 1,
             wait_ms=_int(args, "wait_ms", 0, MAX_WAIT_MS),
             visibility_ms=_int(args, "visibility_timeout_ms", 0, store_limits.MAX_VISIBILITY_MS),
             partition=_partition(args),
+            max_bytes=_int(args, "max_bytes", 1, RECEIVE_BYTES_BUDGET, RECEIVE_BYTES_BUDGET) or RECEIVE_BYTES_BUDGET,
         )
     if op == "delete":
         _only(args, op, ("queue", "receipts"))

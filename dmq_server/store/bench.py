@@ -26,12 +26,16 @@ class _Clock:
         return BASE_TIME_MS + int((time.monotonic() - self._start) * 1000)
 
 
-def _enqueue_command(now: int, batch: int, body: bytes) -> dict[str, Any]:
-    return {"op": "enqueue", "now": now, "messages": [[body, None, None, None, None]] * batch}
+def _enqueue_command(now: int, batch: int, body: bytes, batch_id: bytes | None = None) -> dict[str, Any]:
+    command = {"op": "enqueue", "now": now, "messages": [[body, None, None, None, None]] * batch}
+    if batch_id is not None:  # the whole command is one send with an idempotency key
+        command["batches"] = [[batch_id, 0, batch]]
+    return command
 
 
-def run(directory: str, *, messages: int, batch: int, body_bytes: int, consumed: int,
+def run(directory: str, *, messages: int, batch: int, body_bytes: int, consumed: int, batch_ids: bool = False,
         progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+    """`batch_ids`: every enqueue command of the enqueue run carries a batch id (an idempotent send)."""
     clock = _Clock()
     body = os.urandom(body_bytes)
     store = PartitionStore(os.path.join(directory, "bench"))
@@ -43,14 +47,15 @@ def run(directory: str, *, messages: int, batch: int, body_bytes: int, consumed:
         return store.apply(index, command)
 
     apply({"op": "configure", "now": clock.now(), "attrs": {"max_messages": 100_000_000}})
-    results: dict[str, Any] = {"batch": batch, "body_bytes": body_bytes}
+    results: dict[str, Any] = {"batch": batch, "body_bytes": body_bytes, "batch_ids": batch_ids}
 
     started = time.perf_counter()
-    for _ in range(messages // batch):
-        apply(_enqueue_command(clock.now(), batch, body))
+    for number in range(messages // batch):
+        apply(_enqueue_command(clock.now(), batch, body, b"bench-%d" % number if batch_ids else None))
     elapsed = time.perf_counter() - started
     results["enqueue_msgs_per_s"] = round(messages / elapsed)
-    progress(f"enqueue: {results['enqueue_msgs_per_s']:,} msgs/s")
+    progress(f"enqueue{' with a batch id per command' if batch_ids else ''}: "
+             f"{results['enqueue_msgs_per_s']:,} msgs/s")
 
     started = time.perf_counter()
     received = 0

@@ -113,12 +113,51 @@ def parse_enqueue(command: dict[str, Any], config: QueueConfig) -> list[NewMessa
     return messages
 
 
-def parse_receive(command: dict[str, Any]) -> tuple[int, int | None]:
+class Segment(NamedTuple):
+    batch_id: bytes
+    first: int  # index of its first message in the command's 'messages'
+    count: int
+
+
+def parse_batches(command: dict[str, Any], message_count: int) -> list[Segment]:
+    """An enqueue's optional 'batches': [[batch_id, first, count], ...], the segments of 'messages' sent under a
+    batch id, in order and not overlapping; [] when absent or null."""
+    raw = command.get("batches")
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not 0 < len(raw) <= message_count:
+        raise InvalidCommand(f"'batches' must be null or a list of 1 to {message_count} (the number of messages) "
+                             "segments [batch_id, first, count]")
+    segments = []
+    end = 0  # of the previous segment
+    for entry in raw:
+        if not isinstance(entry, (list, tuple)) or len(entry) != 3:
+            raise InvalidCommand("each segment of 'batches' must be [batch_id, first, count]")
+        batch_id, first, count = entry
+        if not isinstance(batch_id, bytes) or not 0 < len(batch_id) <= limits.MAX_KEY_BYTES:
+            raise InvalidCommand(f"a batch_id must be 1 to {limits.MAX_KEY_BYTES} bytes")
+        if type(first) is not int or type(count) is not int or first < 0 or count < 1 \
+                or first + count > message_count:
+            raise InvalidCommand(f"a segment [batch_id, first, count] needs first >= 0, count >= 1 and "
+                                 f"first + count <= {message_count} (the number of messages)")
+        if first < end:
+            raise InvalidCommand("the segments of 'batches' must be in message order and must not overlap")
+        end = first + count
+        segments.append(Segment(batch_id, first, count))
+    return segments
+
+
+def parse_receive(command: dict[str, Any]) -> tuple[int, int | None, int | None]:
+    """(max messages, visibility ms or None, max bytes or None): a receive picks messages until either limit;
+    the byte budget (records' sizes) keeps an answer inside one frame, and one message is always picked."""
     count = int_field(command.get("max"), "'max'", 1, limits.MAX_RECEIVE)
     visibility = command.get("visibility_ms")
     if visibility is not None:
         int_field(visibility, "'visibility_ms'", 0, limits.MAX_VISIBILITY_MS)
-    return count, visibility
+    max_bytes = command.get("max_bytes")
+    if max_bytes is not None:
+        int_field(max_bytes, "'max_bytes'", 1, 1 << 30)
+    return count, visibility, max_bytes
 
 
 def _receipt(entry: list[Any] | tuple[Any, ...]) -> tuple[int, int]:

@@ -76,5 +76,23 @@ def replace_with_checkpoint(checkpoint_dir: str, path: str) -> None:
     staging = path + ".restoring"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(checkpoint_dir, staging)
+    _fsync_tree(staging)  # durable before the Raft log that relies on it drops the entries it covers
     shutil.rmtree(path, ignore_errors=True)
     os.rename(staging, path)
+    _fsync_path(os.path.dirname(os.path.abspath(path)))
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: str) -> None:
+    """fsync every file of a directory tree (a copied checkpoint: a handful of files), then the directories."""
+    for directory, _, files in os.walk(root):
+        for name in files:
+            _fsync_path(os.path.join(directory, name))
+        _fsync_path(directory)

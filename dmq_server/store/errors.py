@@ -39,3 +39,4 @@ class InvalidReceipt(CommandError):
 # Per-entry result codes.
 QUEUE_FULL = "QueueFull"
 RECEIPT_EXPIRED = "ReceiptExpired"
+BATCH_MISMATCH = "BatchMismatch"  # a batch id remembered for a segment with another number of messages

@@ -18,7 +18,8 @@ HEAD = b"H"  # H id -> group : head of an eligible FIFO group
 GROUP = b"G"  # G group -> (head, tail, in-flight id)
 NEXT = b"N"  # N id -> next id of the same FIFO group
 DEDUP = b"U"  # U dedup id -> (message id, window end)
-DEDUP_EXPIRY = b"E"  # E window end dedup id -> b""
+DEDUP_EXPIRY = b"E"  # E window end dedup id -> b"" ; E window end 0xFF batch id -> b""
+BATCH = b"S"  # S batch id -> window end (u64) + msgpack list of the segment's results (see partition.py)
 DEAD = b"X"  # X id -> dead-letter record
 
 _U64 = struct.Struct(">Q")
@@ -54,8 +55,17 @@ def id_of(key: bytes) -> int:
     return _U64.unpack_from(key, 1)[0]
 
 
+# Marks a batch id in the expiry index E (shared with dedup ids, one cursor for both). 0xFF never occurs in UTF-8,
+# so it never starts a dedup id (always valid UTF-8): `E end dedup_id` and `E end 0xFF batch_id` cannot be confused.
+BATCH_MARK = b"\xff"
+
+
 def dedup_expiry(at: int, dedup_id: bytes) -> bytes:
     return DEDUP_EXPIRY + _U64.pack(at) + dedup_id
+
+
+def batch_expiry(at: int, batch_id: bytes) -> bytes:
+    return DEDUP_EXPIRY + _U64.pack(at) + BATCH_MARK + batch_id
 
 
 def pack_u64(value: int) -> bytes:

@@ -19,7 +19,7 @@ from . import commands, keys, records
 from .compactor import Compactor
 from .config import QueueConfig, updated_config
 from .db import DEFAULT_RESOURCES, SharedResources, open_partition_db, replace_with_checkpoint, unsynced_writes
-from .errors import QUEUE_FULL, RECEIPT_EXPIRED, CommandError
+from .errors import BATCH_MISMATCH, QUEUE_FULL, RECEIPT_EXPIRED, CommandError
 from .meta import Meta
 from .txn import Txn, bounded
 
@@ -117,8 +117,55 @@ class PartitionStore:
         return meta.config.to_dict()
 
     def _enqueue(self, txn: Txn, meta: Meta, command: dict[str, Any], now: int) -> list[dict[str, Any]]:
+        messages = commands.parse_enqueue(command, meta.config)
+        segments = commands.parse_batches(command, len(messages))
+        if not segments:
+            return self._enqueue_messages(txn, meta, messages, now)
+        results: list[dict[str, Any]] = []
+        done = 0
+        for batch_id, first, count in segments:
+            if first > done:  # messages of the command outside any batch
+                results += self._enqueue_messages(txn, meta, messages[done:first], now)
+            results += self._enqueue_batch(txn, meta, batch_id, messages[first:first + count], now)
+            done = first + count
+        if done < len(messages):
+            results += self._enqueue_messages(txn, meta, messages[done:], now)
+        return results
+
+    def _enqueue_batch(self, txn: Txn, meta: Meta, batch_id: bytes, messages: list[commands.NewMessage],
+                       now: int) -> list[dict[str, Any]]:
+        """One segment sent under a batch id: inside the window of an earlier segment with the same id, that
+        segment's results again, each marked duplicate, and nothing enqueued (BatchMismatch for each message when
+        the earlier segment had another number of messages); else enqueued and remembered.
+
+        The memory is `S batch_id -> window end (u64) + msgpack list with one int per message`: the id, -id for a
+        per-message dedup duplicate, 0 for QueueFull. It expires through E with the dedup ids."""
+        key = keys.BATCH + batch_id
+        remembered = txn.get(key)
+        remembered_until = None
+        if remembered is not None:
+            remembered_until = keys.unpack_u64(remembered[:8])
+            if remembered_until > now:
+                first = msgpack.unpackb(remembered[8:])
+                if len(first) != len(messages):  # not a retry of that send: one result per message all the same
+                    return [{"error": BATCH_MISMATCH} for _ in messages]
+                return [{"id": abs(ident), "duplicate": True} if ident else {"error": QUEUE_FULL, "duplicate": True}
+                        for ident in first]
+        results = self._enqueue_messages(txn, meta, messages, now)
+        if remembered_until is not None:  # its window ended, not yet forgotten: forget it now
+            txn.delete(keys.batch_expiry(remembered_until, batch_id))
+        else:
+            meta.dedup_entries += 1
+        window_end = now + meta.config.dedup_window_ms
+        encoded = [0 if "error" in result else -result["id"] if result["duplicate"] else result["id"]
+                   for result in results]
+        txn.put(key, keys.pack_u64(window_end) + msgpack.packb(encoded))
+        txn.put(keys.batch_expiry(window_end, batch_id), b"")
+        return results
+
+    def _enqueue_messages(self, txn: Txn, meta: Meta, messages: list[commands.NewMessage],
+                          now: int) -> list[dict[str, Any]]:
         config = meta.config
-        messages = commands.parse_enqueue(command, config)
         results: list[dict[str, Any]] = []
         for message in messages:
             remembered_until = None
@@ -162,11 +209,12 @@ class PartitionStore:
         return results
 
     def _receive(self, txn: Txn, meta: Meta, command: dict[str, Any], now: int) -> list[dict[str, Any]]:
-        count, visibility = commands.parse_receive(command)
+        count, visibility, max_bytes = commands.parse_receive(command)
         if visibility is None:
             visibility = meta.config.visibility_timeout_ms
         self._tick(txn, meta, command, now)
-        picked = self._pick_fifo(txn, meta, count) if meta.config.fifo else self._pick_standard(txn, meta, count)
+        budget = _Budget(count, max_bytes)
+        picked = self._pick_fifo(txn, meta, budget) if meta.config.fifo else self._pick_standard(txn, meta, budget)
         deadline = now + visibility
         delivered = []
         put, header, with_header, as_delivered = txn.put, records.header, records.with_header, records.delivered
@@ -181,18 +229,18 @@ class PartitionStore:
         meta.in_flight += len(picked)
         return delivered
 
-    def _pick_standard(self, txn: Txn, meta: Meta, count: int) -> list[tuple[int, bytes]]:
+    def _pick_standard(self, txn: Txn, meta: Meta, budget: "_Budget") -> list[tuple[int, bytes]]:
         """The `count` ready messages with the lowest ids. B holds the ready ids below the fresh cursor, so it
         comes first; then the fresh range of M, read straight from the message records."""
         picked: list[tuple[int, bytes]] = []
         back_low = meta.back_low
         meta.back_low = meta.next_id  # unless a B entry is left below
         for ident in self._scan_ids(txn, keys.BACK, back_low):
-            if len(picked) == count:
+            if budget.full or (budget.bytes is not None and not budget.fits(txn.get(keys.message(ident)) or b"")):
                 meta.back_low = ident
                 return picked
-            picked.append(self._take_back(txn, ident))
-        if len(picked) == count:
+            picked.append(budget.take(self._take_back(txn, ident)))
+        if budget.full:
             return picked
         stepped_over = 0
         for key, record in txn.scan(keys.message(meta.fresh), keys.end_of(keys.MESSAGE)):
@@ -204,10 +252,10 @@ class PartitionStore:
                 if stepped_over == self._options.scan_limit:
                     return picked
                 continue
-            if len(picked) == count:
+            if budget.full or not budget.fits(record):
                 meta.fresh = ident
                 return picked
-            picked.append((ident, record))
+            picked.append(budget.take((ident, record)))
             meta.fresh = ident + 1
         meta.fresh = meta.next_id
         return picked
@@ -219,22 +267,25 @@ class PartitionStore:
         txn.delete(keys.back(ident))
         return ident, record
 
-    def _pick_fifo(self, txn: Txn, meta: Meta, count: int) -> list[tuple[int, bytes]]:
+    def _pick_fifo(self, txn: Txn, meta: Meta, budget: "_Budget") -> list[tuple[int, bytes]]:
         """Heads of eligible groups, lowest id first; each picked group is in flight afterwards."""
         picked: list[tuple[int, bytes]] = []
         next_low = meta.next_id
         for key, group in txn.scan(keys.head(meta.head_low), keys.end_of(keys.HEAD)):
             ident = keys.id_of(key)
-            if len(picked) == count:
+            if budget.full:
                 next_low = ident
                 break
             record = txn.get(keys.message(ident))
             assert record is not None and records.header(record).state == records.READY, ident
+            if not budget.fits(record):
+                next_low = ident
+                break
             txn.delete(key)
             head, tail, in_flight = keys.unpack_triple(self._group(txn, group))
             assert head == ident and in_flight == _NO_GROUP_IN_FLIGHT, (ident, head, in_flight)
             txn.put(keys.GROUP + group, keys.pack_triple(head, tail, ident))
-            picked.append((ident, record))
+            picked.append(budget.take((ident, record)))
         meta.head_low = next_low
         return picked
 
@@ -421,10 +472,16 @@ class PartitionStore:
                 meta.dedup_cursor = key[:9]
                 return forgotten
             window_end = keys.unpack_u64(key[1:9])
-            dedup_key = keys.DEDUP + key[9:]
-            remembered = txn.get(dedup_key)
-            if remembered is not None and keys.unpack_pair(remembered)[1] == window_end:
-                txn.delete(dedup_key)
+            if key[9:10] == keys.BATCH_MARK:
+                memory_key = keys.BATCH + key[10:]
+                remembered = txn.get(memory_key)
+                current = remembered is not None and keys.unpack_u64(remembered[:8]) == window_end
+            else:
+                memory_key = keys.DEDUP + key[9:]
+                remembered = txn.get(memory_key)
+                current = remembered is not None and keys.unpack_pair(remembered)[1] == window_end
+            if current:
+                txn.delete(memory_key)
                 meta.dedup_entries -= 1
             txn.delete(key)
             forgotten += 1
@@ -608,7 +665,8 @@ class PartitionStore:
         now = max(now, meta.last_now)
         txn = Txn(self._database(), _SCANNED_AFTER_INSERT)
         self._advance(txn, meta, now)
-        picked = self._pick_fifo(txn, meta, count) if meta.config.fifo else self._pick_standard(txn, meta, count)
+        budget = _Budget(count, None)
+        picked = self._pick_fifo(txn, meta, budget) if meta.config.fifo else self._pick_standard(txn, meta, budget)
         return [ident for ident, _ in picked]
 
     # ------------------------------------------------------------------ snapshots, compaction, lifecycle
@@ -678,3 +736,28 @@ def _earliest(*times: int | None) -> int | None:
 
 
 __all__ = ["PartitionStore", "PartitionStoreFactory", "StoreOptions", "QueueConfig"]
+
+
+class _Budget:
+    """What one receive may still pick: messages, and bytes of message records (None: no byte limit). The
+    first message always fits, so a message larger than the budget is still delivered, alone."""
+
+    __slots__ = ("count", "bytes", "picked")
+
+    def __init__(self, count: int, max_bytes: int | None) -> None:
+        self.count = count
+        self.bytes = max_bytes
+        self.picked = 0
+
+    @property
+    def full(self) -> bool:
+        return self.picked >= self.count or (self.bytes is not None and self.bytes <= 0)
+
+    def fits(self, record: bytes) -> bool:
+        return self.bytes is None or self.picked == 0 or len(record) <= self.bytes
+
+    def take(self, picked: tuple[int, bytes]) -> tuple[int, bytes]:
+        self.picked += 1
+        if self.bytes is not None:
+            self.bytes -= len(picked[1])
+        return picked

@@ -105,6 +105,27 @@ def test_send_full():
     assert second == rq.OutgoingMessage(b"", None, 0, None, None)
 
 
+def test_send_batch_id():
+    request = parse("send", {"queue": "q", "partition": 0, "batch_id": "b" * 128, "messages": [{"body": b"x"}]})
+    assert request == rq.Send("q", (rq.OutgoingMessage(b"x", None, None, None, None),), 0, "b" * 128)
+    assert parse("send", {"queue": "q", "partition": 3, "batch_id": "\u00e9" * 64,
+                          "messages": [{"body": b"x"}]}).batch_id == "\u00e9" * 64  # 128 bytes
+    assert parse("send", {"queue": "q", "batch_id": None, "messages": [{"body": b"x"}]}).batch_id is None
+    assert parse("send", {"queue": "q", "messages": [{"body": b"x"}]}).batch_id is None
+
+
+@pytest.mark.parametrize("args", [{}, {"partition": None}])
+def test_send_batch_id_needs_an_explicit_partition(args):
+    message = invalid("send", {"queue": "q", "batch_id": "b", "messages": [{"body": b"x"}], **args}, "'batch_id'")
+    assert "'partition'" in message
+
+
+@pytest.mark.parametrize("bad", ["", "k" * 129, "\u00e9" * 65, "\U0001f600" * 33, "\ud800", "a\udc00", 5, b"k",
+                                 ["k"], True, {"k": 1}, 1.5])
+def test_send_batch_id_values(bad):
+    invalid("send", {"queue": "q", "partition": 0, "batch_id": bad, "messages": [{"body": b"x"}]}, "'batch_id'")
+
+
 def test_send_text_body_is_utf8():
     request = parse("send", {"queue": "q", "messages": [{"body": "h\u00e9llo \U0001f600"}]})
     assert request.messages[0].body == "h\u00e9llo \U0001f600".encode("utf-8")
@@ -427,9 +448,9 @@ def test_protocol_doc_covers_operations_and_attributes():
 
 # ---------------------------------------------------------------------------------------------- fuzzing
 
-FIELDS = sorted({"name", "attributes", "prefix", "queue", "messages", "partition", "max_messages", "wait_ms",
-                 "visibility_timeout_ms", "receipts", "entries", "to", "body", "delay_ms", "dedup_id", "group",
-                 "partitions", "replication", "ack_mode", "receive_wait_ms", "dead_letter_queue", "fifo",
+FIELDS = sorted({"name", "attributes", "prefix", "queue", "messages", "partition", "batch_id", "max_messages",
+                 "wait_ms", "visibility_timeout_ms", "receipts", "entries", "to", "body", "delay_ms", "dedup_id",
+                 "group", "partitions", "replication", "ack_mode", "receive_wait_ms", "dead_letter_queue", "fifo",
                  *INT_RANGES})
 texts = st.one_of(
     st.text(max_size=12), st.text(st.characters(exclude_categories=()), max_size=6),
@@ -487,6 +508,8 @@ def _check(request: Any) -> None:
     elif isinstance(request, rq.Send):
         assert 1 <= len(request.messages) <= 1000
         _check_int(request.partition, 0, 1023, optional=True)
+        _check_key(request.batch_id)
+        assert request.batch_id is None or request.partition is not None
         for message in request.messages:
             assert type(message.body) is bytes
             _check_int(message.delay_ms, 0, 900_000, optional=True)
@@ -546,7 +569,8 @@ message_maps = st.dictionaries(st.sampled_from(["body", "attributes", "delay_ms"
 plausible = {
     "send": st.fixed_dictionaries({"queue": st.sampled_from(["q"]) | values,
                                    "messages": st.lists(message_maps, min_size=1, max_size=3) | values},
-                                  optional={"partition": values}),
+                                  optional={"partition": values | st.integers(0, 3),
+                                            "batch_id": values | st.sampled_from(["b", "k" * 129])}),
     "create_queue": st.fixed_dictionaries({"name": st.just("q") | values},
                                           optional={"attributes": st.dictionaries(
                                               st.sampled_from(FIELDS), values, max_size=6) | values}),

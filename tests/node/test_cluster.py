@@ -865,3 +865,30 @@ def test_graceful_stop_exits_zero(cluster: Cluster, conns: list[Connection]) -> 
     cluster.wait_ready([victim])
     conns[victim].close()
     conns[victim] = cluster.connect(victim)  # for any test after this one
+
+
+def test_send_with_batch_id_retried_on_another_node(cluster: Cluster, conns: list[Connection]) -> None:
+    """An SDK's retry: the same send (batch_id, partition) to another node returns the same ids, enqueues nothing."""
+    create(conns, "batch-retry", {"partitions": 2})
+    leader = settled(conns[0], "batch-retry")["partitions"][1]["leader"]
+    at_leader = cluster.client_addresses.index(leader)
+    elsewhere = (at_leader + 1) % len(conns)  # forwards to the leader
+    args = {"queue": "batch-retry", "partition": 1, "batch_id": "sdk-7f3a-42",
+            "messages": [{"body": b"one"}, {"body": b"two", "dedup_id": "two"}, {"body": b"three"}]}
+    first = conns[elsewhere].call("send", args)
+    assert [r["duplicate"] for r in first] == [False, False, False]
+    assert all(r["id"].startswith("1.") for r in first) and len({r["id"] for r in first}) == 3
+    again = conns[at_leader].call("send", args)
+    assert again == [{"id": r["id"], "duplicate": True} for r in first]
+    assert conns[0].call("get_queue", {"name": "batch-retry"})["stats"]["count"] == 3
+    received = receive_all(conns, "batch-retry", 3)
+    assert sorted(m["body"] for m in received) == [b"one", b"three", b"two"]
+    assert {m["id"] for m in received} == {r["id"] for r in first}
+
+    with pytest.raises(DmqError, match="partition") as refused:  # a retry must reach the partition remembering it
+        conns[0].call("send", {**args, "partition": None})
+    assert refused.value.code == protocol.ErrorCode.INVALID_REQUEST
+    with pytest.raises(DmqError, match="batch_id") as refused:  # not a retry of that send
+        conns[elsewhere].call("send", {**args, "messages": [{"body": b"one"}]})
+    assert refused.value.code == protocol.ErrorCode.INVALID_REQUEST
+    assert conns[0].call("get_queue", {"name": "batch-retry"})["stats"]["count"] == 3  # in flight; no new one

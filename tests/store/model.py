@@ -22,6 +22,9 @@ Interpretations of points the spec leaves open (each one is a deliberate choice,
 - Dedup ids are forgotten in (expire, dedup_id) order (the spec's `E expire dedup_id` key order); this only
   matters when `advance_limit` is hit. Re-enqueueing a dedup id whose window ended but that was not forgotten yet
   replaces the old memory (the old one is not counted as `dedup_expired` later).
+- Batch ids (enqueue `batches`) are forgotten with the dedup ids and counted in `dedup_expired`, in the same
+  (expire, key) order where a batch id's key is 0xFF + batch id (after every dedup id of the same expire). The
+  model keeps a batch's results as result dicts; the spec's replay is each of them with `"duplicate": True`.
 """
 
 from __future__ import annotations
@@ -137,12 +140,22 @@ class DedupEntry:
     expire: int  # t0 + dedup_window_ms of the configuration at t0
 
 
+@dataclass
+class BatchEntry:
+    results: list  # the segment's result dicts when it was first enqueued
+    expire: int
+
+
+BATCH_MISMATCH = "BatchMismatch"
+
+
 class QueueModel:
     def __init__(self, advance_limit: int = 10**12) -> None:
         self.advance_limit = advance_limit
         self.cfg = {name: default for name, (default, _) in CONFIG_SPEC.items()}
         self.messages: dict[int, Message] = {}
         self.dedup: dict[str, DedupEntry] = {}
+        self.batches: dict[bytes, BatchEntry] = {}
         self.dead: dict[int, dict] = {}
         self.next_id = 1
         self.applied_index = 0
@@ -218,35 +231,76 @@ class QueueModel:
         for body, attrs, *_ in entries:
             if len(body) + attrs_size(attrs) > self.cfg["max_message_bytes"]:
                 raise MessageTooLarge("message larger than max_message_bytes")
+        segments = self._validate_batches(command.get("batches"), len(entries))
         if dry:
             return None
 
+        # Which segment (batch id, first, count) starts at each position.
+        starts = {first: (batch_id, count) for batch_id, first, count in segments}
         results = []
-        for body, attrs, delay, dedup_id, group in entries:
-            if dedup_id is not None:
-                seen = self.dedup.get(dedup_id)
-                if seen is not None and seen.expire > now:
-                    results.append({"id": seen.id, "duplicate": True})
-                    continue
-            if len(self.messages) >= self.cfg["max_messages"]:
-                results.append({"error": QUEUE_FULL})
+        position = 0
+        while position < len(entries):
+            if position not in starts:
+                results.append(self._enqueue_one(entries[position], now))
+                position += 1
                 continue
-            msg = Message(
-                id=self.next_id,
-                body=body,
-                attrs=dict(attrs or {}),
-                group="" if (self.cfg["fifo"] and group is None) else group,
-                enqueued_at=now,
-            )
-            self.next_id += 1
-            delay = self.cfg["delay_ms"] if delay is None else delay
-            if delay > 0:
-                msg.state, msg.visible_at = DELAYED, now + delay
-            self.messages[msg.id] = msg
-            if dedup_id is not None:
-                self.dedup[dedup_id] = DedupEntry(msg.id, now + self.cfg["dedup_window_ms"])
-            results.append({"id": msg.id, "duplicate": False})
+            batch_id, count = starts[position]
+            seen = self.batches.get(batch_id)
+            if seen is not None and seen.expire > now:
+                if len(seen.results) == count:
+                    results += [{**result, "duplicate": True} for result in seen.results]
+                else:
+                    results += [{"error": BATCH_MISMATCH} for _ in range(count)]
+            else:
+                first_results = [self._enqueue_one(entry, now) for entry in entries[position:position + count]]
+                self.batches[batch_id] = BatchEntry(first_results, now + self.cfg["dedup_window_ms"])
+                results += first_results
+            position += count
         return results
+
+    @staticmethod
+    def _validate_batches(batches, message_count: int) -> list:
+        if batches is None:
+            return []
+        if not isinstance(batches, list) or not 1 <= len(batches) <= message_count:
+            raise InvalidCommand("batches must be None or a list of 1..len(messages) segments")
+        end = 0
+        for segment in batches:
+            if not isinstance(segment, (list, tuple)) or len(segment) != 3:
+                raise InvalidCommand("a segment is [batch_id, first, count]")
+            batch_id, first, count = segment
+            if not isinstance(batch_id, bytes) or not 1 <= len(batch_id) <= 128:
+                raise InvalidCommand("batch_id must be bytes of 1..128")
+            if not int_in(first, 0) or not int_in(count, 1) or first + count > message_count:
+                raise InvalidCommand("a segment must lie within the messages")
+            if first < end:
+                raise InvalidCommand("segments must be in order and must not overlap")
+            end = first + count
+        return list(batches)
+
+    def _enqueue_one(self, entry, now) -> dict:
+        body, attrs, delay, dedup_id, group = entry
+        if dedup_id is not None:
+            seen = self.dedup.get(dedup_id)
+            if seen is not None and seen.expire > now:
+                return {"id": seen.id, "duplicate": True}
+        if len(self.messages) >= self.cfg["max_messages"]:
+            return {"error": QUEUE_FULL}
+        msg = Message(
+            id=self.next_id,
+            body=body,
+            attrs=dict(attrs or {}),
+            group="" if (self.cfg["fifo"] and group is None) else group,
+            enqueued_at=now,
+        )
+        self.next_id += 1
+        delay = self.cfg["delay_ms"] if delay is None else delay
+        if delay > 0:
+            msg.state, msg.visible_at = DELAYED, now + delay
+        self.messages[msg.id] = msg
+        if dedup_id is not None:
+            self.dedup[dedup_id] = DedupEntry(msg.id, now + self.cfg["dedup_window_ms"])
+        return {"id": msg.id, "duplicate": False}
 
     @staticmethod
     def _validate_attrs(attrs) -> None:
@@ -420,9 +474,12 @@ class QueueModel:
             msg.state, msg.visible_at = READY, None
             counts["due"] += 1
 
-        ended = sorted((e.expire, dedup_id) for dedup_id, e in self.dedup.items() if e.expire <= now)
-        for _, dedup_id in ended[:limit]:
-            del self.dedup[dedup_id]
+        ended = sorted([(e.expire, dedup_id.encode(), "dedup", dedup_id)
+                        for dedup_id, e in self.dedup.items() if e.expire <= now]
+                       + [(e.expire, b"\xff" + batch_id, "batch", batch_id)
+                          for batch_id, e in self.batches.items() if e.expire <= now])
+        for _, _, kind, key in ended[:limit]:
+            del (self.dedup if kind == "dedup" else self.batches)[key]
             counts["dedup_expired"] += 1
         return counts
 
@@ -469,4 +526,5 @@ class QueueModel:
             if m.visible_at is not None:
                 times.add(m.visible_at)
         times.update(e.expire for e in self.dedup.values())
+        times.update(e.expire for e in self.batches.values())
         return sorted(times)

@@ -41,6 +41,12 @@ BAD_COMMANDS: list[tuple[Any, type[CommandError]]] = [
      InvalidCommand),
     ({"op": "enqueue", "now": NOW, "messages": [[b"x", None, None, None, None]] * 1_001}, InvalidCommand),
     ({"op": "enqueue", "now": NOW, "messages": [[b"x" * 262_145, None, None, None, None]]}, MessageTooLarge),
+    ({"op": "enqueue", "now": NOW, "messages": [[b"x", None, None, None, None]], "batches": [[b"b", 0, 2]]},
+     InvalidCommand),
+    ({"op": "enqueue", "now": NOW, "messages": [[b"x", None, None, None, None]], "batches": [["b", 0, 1]]},
+     InvalidCommand),
+    ({"op": "enqueue", "now": NOW, "messages": [[b"x", None, None, None, None]] * 2,
+      "batches": [[b"b", 0, 2], [b"c", 1, 1]]}, InvalidCommand),
     ({"op": "receive", "now": NOW, "max": 0}, InvalidCommand),
     ({"op": "receive", "now": NOW, "max": 1_001}, InvalidCommand),
     ({"op": "receive", "now": NOW, "max": "5"}, InvalidCommand),
@@ -104,7 +110,8 @@ values = st.recursive(
 )
 ops = st.sampled_from(["configure", "enqueue", "receive", "delete", "change_visibility", "purge", "tick",
                        "ack_dead_letters", "nope"])
-fields = st.sampled_from(["now", "attrs", "messages", "max", "visibility_ms", "receipts", "entries", "upto"])
+fields = st.sampled_from(["now", "attrs", "messages", "max", "visibility_ms", "receipts", "entries", "upto",
+                          "batches"])
 commands = st.builds(lambda op, extra: {"op": op, **extra}, ops, st.dictionaries(fields, values, max_size=4))
 
 

@@ -27,6 +27,7 @@ BIG = 10**9
 
 # Small pools so that duplicates, shared groups, full queues and boundary hits are frequent.
 DEDUP_IDS = ["a", "b", "c", "d", "é"]
+BATCH_IDS = [b"a", b"b1", b"b2", b"\xff"]  # b"a" is also a dedup id; b"\xff" is the batch marker byte
 GROUPS = ["g1", "g2", "g3"]
 VISIBILITIES = [0, 1, 500, 1_000, 30_000, 120_000]
 MESSAGE_DELAYS = [None, None, None, None, 0, 1, 1_000, 5_000, 900_000]
@@ -97,6 +98,7 @@ class StoreVsModel(RuleBasedStateMachine):
         self.index = 0
         self.now = T0
         self.receipts: list[list[int]] = []
+        self.batched: list[dict] = []  # enqueue commands with batches, for retries
 
     def teardown(self):
         try:
@@ -147,7 +149,28 @@ class StoreVsModel(RuleBasedStateMachine):
             dedup = data.draw(st.one_of(st.none(), st.sampled_from(DEDUP_IDS)))
             group = data.draw(st.one_of(st.none(), st.sampled_from(GROUPS)))
             entries.append([body, attrs, delay, dedup, group])
-        self.apply({"op": "enqueue", "now": self.now, "messages": entries})
+        command = {"op": "enqueue", "now": self.now, "messages": entries}
+        if data.draw(st.integers(0, 2)):  # two sends in three carry batch ids, like coalesced sends of an SDK
+            segments = []
+            position = 0
+            while position < len(entries):
+                position += data.draw(st.integers(0, 1))  # messages outside any segment
+                count = data.draw(st.integers(1, 3))
+                if position + count > len(entries):
+                    break
+                segments.append([data.draw(st.sampled_from(BATCH_IDS)), position, count])
+                position += count
+            if segments:
+                command["batches"] = segments
+                self.batched.append(command)
+        self.apply(command)
+
+    @rule(data=st.data())
+    def retry_batched_send(self, data):
+        """A send retried after a timeout: the same messages and batch ids, later."""
+        if self.batched:
+            command = data.draw(st.sampled_from(self.batched[-3:]))
+            self.apply({**command, "now": self.now})
 
     @rule(data=st.data())
     def enqueue_again(self, data):
@@ -257,6 +280,11 @@ def _enqueue(now, *entries):
     return {"op": "enqueue", "now": now, "messages": list(entries)}
 
 
+def _batched(now, count, batches):
+    """An enqueue of `count` valid messages whose only defect is `batches`."""
+    return {**_enqueue(now, *[_entry() for _ in range(count)]), "batches": batches}
+
+
 # Each builder returns a command with exactly one defect (so the error class is unambiguous), or None.
 MALFORMED = [
     lambda now, m: [],
@@ -295,6 +323,27 @@ MALFORMED = [
     lambda now, m: _enqueue(now, _entry(), _entry(dedup="a", group=7)),  # a good entry does not save the batch
     lambda now, m: _enqueue(now, _entry(), _entry(body=b"y" * (m.cfg["max_message_bytes"] + 1))),
     lambda now, m: _enqueue(now, _entry(delay=0)) if m.cfg["fifo"] else None,  # FIFO: no per-message delay
+    # enqueue batches
+    lambda now, m: _batched(now, 1, "x"),
+    lambda now, m: _batched(now, 1, []),
+    lambda now, m: _batched(now, 1, {"a": 1}),
+    lambda now, m: _batched(now, 1, [[b"a", 0]]),
+    lambda now, m: _batched(now, 1, [[b"a", 0, 1, 1]]),
+    lambda now, m: _batched(now, 1, [b"a"]),
+    lambda now, m: _batched(now, 1, [["a", 0, 1]]),  # a str batch id: the frontend sends bytes
+    lambda now, m: _batched(now, 1, [[b"", 0, 1]]),
+    lambda now, m: _batched(now, 1, [[b"x" * 129, 0, 1]]),
+    lambda now, m: _batched(now, 1, [[None, 0, 1]]),
+    lambda now, m: _batched(now, 1, [[b"a", -1, 1]]),
+    lambda now, m: _batched(now, 1, [[b"a", 0, 0]]),
+    lambda now, m: _batched(now, 1, [[b"a", 0, 2]]),
+    lambda now, m: _batched(now, 1, [[b"a", 1, 1]]),
+    lambda now, m: _batched(now, 2, [[b"a", True, 1]]),
+    lambda now, m: _batched(now, 2, [[b"a", 0, 1.0]]),
+    lambda now, m: _batched(now, 2, [[b"a", 0, 1]] * 3),  # more segments than messages
+    lambda now, m: _batched(now, 3, [[b"a", 0, 2], [b"b1", 1, 2]]),  # overlapping
+    lambda now, m: _batched(now, 3, [[b"a", 0, 1], [b"b1", 0, 1]]),  # the same range twice
+    lambda now, m: _batched(now, 3, [[b"b1", 2, 1], [b"a", 0, 1]]),  # out of order
     # receive
     lambda now, m: {"op": "receive", "now": now, "max": 0, "visibility_ms": None},
     lambda now, m: {"op": "receive", "now": now, "max": 1_001, "visibility_ms": None},
@@ -438,3 +487,34 @@ def test_non_utf8_dedup_id_or_group_is_invalid(tmp_path, field):
     entry = [b"x", None, None, None, None]
     entry[field] = "\ud800"  # a lone surrogate: no UTF-8 encoding
     check_sequence(tmp_path, [{"op": "enqueue", "now": T, "messages": [entry]}])
+
+
+def test_batch_ids_forgotten_after_dedup_ids_of_the_same_window_end(tmp_path):
+    # advance_limit=1: the tick at T+1000 forgets the dedup id "a" first (E end "a" < E end 0xFF "a"), so the
+    # batch "a" is still remembered and the retry is a duplicate; the next tick forgets it.
+    retry = {"op": "enqueue", "now": T + 1000, "messages": [[b"x", None, None, None, None]],
+             "batches": [[b"a", 0, 1]]}
+    check_sequence(tmp_path, [
+        {"op": "configure", "now": T, "attrs": {"dedup_window_ms": 1000}},
+        {"op": "enqueue", "now": T, "messages": [[b"x", None, None, "a", None], [b"y", None, None, None, None]],
+         "batches": [[b"a", 1, 1]]},
+        {"op": "tick", "now": T + 1000},
+        {"op": "tick", "now": T + 1000},
+        retry,
+        {"op": "tick", "now": T + 2000},
+    ], advance_limit=1)
+
+
+def test_batch_memory_replaced_after_its_window(tmp_path):
+    # The retry at T+1000 comes after the window: enqueued again and remembered anew (the old memory is replaced,
+    # not counted as dedup_expired later); a retry of the retry is a duplicate.
+    send = {"op": "enqueue", "now": T, "messages": [[b"x", None, None, None, None]] * 2, "batches": [[b"b", 0, 2]]}
+    check_sequence(tmp_path, [
+        {"op": "configure", "now": T, "attrs": {"dedup_window_ms": 1000, "max_messages": 3}},
+        send,
+        {**send, "now": T + 999},
+        {**send, "now": T + 1000},
+        {**send, "now": T + 1500},
+        {"op": "tick", "now": T + 1999},
+        {"op": "tick", "now": T + 2000},
+    ])

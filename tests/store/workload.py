@@ -29,7 +29,12 @@ def workload(seed: int, fifo: bool) -> Generator[Command, Any, None]:
                 group = f"g{rng.randint(0, 8)}" if rng.random() < 0.7 else None
                 attrs = {"n": rng.randint(0, 9)} if rng.random() < 0.2 else None
                 messages.append([rng.randbytes(rng.randint(0, 300)), attrs, delay, dedup, group])
-            result = yield {"op": "enqueue", "now": now, "messages": messages}
+            command = {"op": "enqueue", "now": now, "messages": messages}
+            if rng.random() < 0.4:  # coalesced sends with batch ids (a small pool: retries and mismatches)
+                first = rng.randint(0, len(messages) - 1)
+                count = rng.randint(1, len(messages) - first)
+                command["batches"] = [[b"b%d" % rng.randint(0, 30), first, count]]
+            result = yield command
         elif roll < 0.75:
             result = yield {"op": "receive", "now": now, "max": rng.randint(1, 60),
                             "visibility_ms": rng.choice([None, 0, 100, 1_000, 10_000])}
