@@ -114,3 +114,25 @@ def error_from(body: object) -> DmqError:
     cls = _BY_CODE.get(str(body.get("code")), InternalError)
     leader = body.get("leader")
     return cls(str(body.get("message", body.get("code"))), leader=leader if isinstance(leader, str) else None)
+
+
+class BatchError(DmqError):
+    """Some entries of a batch failed (the others took effect). `results[i]` is entry i's outcome: its value
+    (a message id for send_batch, None for delete_batch) or the DmqError it got; `errors` maps index -> error."""
+
+    def __init__(self, message: str, results: list[object]) -> None:
+        super().__init__(message)
+        self.results = results
+        self.errors = {i: r for i, r in enumerate(results) if isinstance(r, DmqError)}
+        first = next(iter(self.errors.values()), None)
+        self.code = first.code if first is not None else ErrorCode.INTERNAL
+        self.retryable = bool(self.errors) and all(e.retryable for e in self.errors.values())
+
+
+def raise_for_batch(what: str, results: list[object]) -> list[object]:
+    """`results` when no entry failed; else a BatchError naming how many did and the first error."""
+    failures = [r for r in results if isinstance(r, DmqError)]
+    if failures:
+        raise BatchError(f"{what}: {len(failures)} of {len(results)} entries failed; the first: "
+                         f"{type(failures[0]).__name__}: {failures[0].message}", results)
+    return results

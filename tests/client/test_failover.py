@@ -1,0 +1,65 @@
+"""Sends keep their exactly-once promise across a partition leader's SIGKILL: the SDK retries each request with
+the same batch id, so a request whose first attempt committed before the leader died is not enqueued twice."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from dmq_client import Client
+from dmq_client.testing import cluster
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_sends_across_a_leader_kill_enqueue_exactly_once() -> None:
+    with cluster(3) as dmq, Client(dmq.addresses, retry_seconds=60) as client:
+        client.create_queue("failover", partitions=1)
+        acknowledged: list[bytes] = []
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def producer(worker: int) -> None:
+            try:
+                for i in range(100_000):
+                    if stop.is_set():
+                        return
+                    body = b"%d-%d" % (worker, i)
+                    client.send("failover", body)
+                    acknowledged.append(body)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=producer, args=(w,)) for w in range(8)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(acknowledged) < 300 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        leader = client.get_queue("failover").partitions[0].leader
+        victim = dmq.addresses.index(leader)
+        dmq.kill(victim)
+        killed_at = len(acknowledged)
+        while len(acknowledged) < killed_at + 300 and time.monotonic() < deadline + 30 and not errors:
+            time.sleep(0.02)
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+        assert not errors, errors
+        assert len(acknowledged) >= killed_at + 300, "sends did not go on after the leader's kill"
+        dmq.start(victim)
+        dmq.wait_ready()
+
+        received: list[bytes] = []
+        deadline = time.monotonic() + 60
+        while len(received) < len(acknowledged) and time.monotonic() < deadline:
+            messages = client.receive("failover", max_messages=100, wait_seconds=1)
+            received += [m.body for m in messages]
+            if messages:
+                client.delete_batch("failover", [m.receipt for m in messages])
+        assert client.receive("failover", max_messages=100, wait_seconds=1) == []
+        assert sorted(received) == sorted(acknowledged), (
+            f"{len(set(acknowledged) - set(received))} acknowledged sends lost, "
+            f"{len(received) - len(set(received))} enqueued twice")

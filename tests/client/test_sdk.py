@@ -1,0 +1,412 @@
+"""The SDK against a real 3-node cluster: every operation through Client (blocking) and AsyncClient (asyncio),
+automatic batching, `with msg:` semantics, lease extension, consume(), and exactly-once sends across retries."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from dmq_client import (AsyncClient, BatchError, Client, InvalidRequest, MessageTooLarge, QueueAlreadyExists,
+                        QueueFull, QueueInfo, QueueNotFound, ReceiptExpired, SendEntry, Timeout)
+from dmq_client.testing import LocalCluster, cluster
+
+pytestmark = pytest.mark.timeout(120)
+
+_names = itertools.count(1)
+
+
+def fresh(prefix: str = "q") -> str:
+    return f"{prefix}-{next(_names)}"
+
+
+@pytest.fixture(scope="module")
+def dmq() -> Iterator[LocalCluster]:
+    with cluster(3) as local:
+        yield local
+
+
+@pytest.fixture
+def client(dmq: LocalCluster) -> Iterator[Client]:
+    with Client(dmq.addresses) as c:
+        yield c
+
+
+def drain(client: Client, queue: str, expect: int, timeout: float = 15.0) -> list[bytes]:
+    """Receive and delete until `expect` messages arrived (bounded), then check nothing more comes."""
+    bodies: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while len(bodies) < expect and time.monotonic() < deadline:
+        messages = client.receive(queue, max_messages=100, wait_seconds=1)
+        bodies += [m.body for m in messages]
+        if messages:
+            client.delete_batch(queue, [m.receipt for m in messages])
+    assert len(bodies) == expect, f"received {len(bodies)} of {expect}"
+    assert client.receive(queue, max_messages=10, wait_seconds=0.3) == []
+    return bodies
+
+
+# ---------------------------------------------------------------------------------------------- queues
+
+def test_queue_lifecycle(client: Client) -> None:
+    name = fresh("life")
+    info = client.create_queue(name, partitions=3, visibility_timeout_ms=5_000)
+    assert isinstance(info, QueueInfo) and info.name == name and len(info.partitions) == 3
+    assert info.attributes["visibility_timeout_ms"] == 5_000
+    assert client.create_queue(name, partitions=3, visibility_timeout_ms=5_000).id == info.id  # idempotent
+    with pytest.raises(QueueAlreadyExists):
+        client.create_queue(name, partitions=2)
+    assert name in client.list_queues()
+    assert client.list_queues(prefix=name) == [name]
+    client.send_batch(name, [b"a", b"b", b"c"])
+    described = client.get_queue(name)
+    assert described.stats["count"] == 3 and described.unavailable_partitions == 0
+    assert client.purge_queue(name) == 3
+    assert client.get_queue(name).stats["count"] == 0
+    client.delete_queue(name)
+    assert name not in client.list_queues()
+    with pytest.raises(QueueNotFound):
+        client.get_queue(name)
+    with pytest.raises(QueueNotFound):
+        client.send(name, b"x")
+
+
+def test_recreated_queue_is_found_again(client: Client) -> None:
+    name = fresh("again")
+    client.create_queue(name, partitions=1)
+    client.send(name, b"old")
+    client.delete_queue(name)
+    client.create_queue(name, partitions=2)  # another id and partition count: the client's cache is stale
+    client.send_batch(name, [b"n1", b"n2", b"n3"])
+    assert sorted(drain(client, name, 3)) == [b"n1", b"n2", b"n3"]
+
+
+# ---------------------------------------------------------------------------------------------- messages
+
+def test_send_receive_delete_round_trip(client: Client) -> None:
+    name = fresh("round")
+    client.create_queue(name, partitions=2)
+    first = client.send(name, b"hello", attributes={"kind": "greeting", "n": 7, "raw": b"\x00"})
+    assert first is not None and "." in first
+    (message,) = client.receive(name, max_messages=10, wait_seconds=2)
+    assert (message.id, message.body, message.receive_count) == (first, b"hello", 1)
+    assert message.attributes == {"kind": "greeting", "n": 7, "raw": b"\x00"}
+    assert message.queue == name and message.enqueued_at > 0
+    message.delete()
+    assert client.receive(name, wait_seconds=0.3) == []
+    assert client.send(name, "text body") is not None  # str bodies travel as UTF-8
+    assert drain(client, name, 1) == [b"text body"]
+
+
+def test_send_batch_entries_and_errors(client: Client) -> None:
+    name = fresh("batch")
+    client.create_queue(name, partitions=3, max_message_bytes=64, max_messages=30)
+    ids = client.send_batch(name, [b"a", "b", SendEntry(b"c", attributes={"k": "v"}),
+                                   {"body": b"d", "dedup_id": "d-1"}])
+    assert len(ids) == 4 and len(set(ids)) == 4 and all(ids)
+    assert client.send_batch(name, [{"body": b"d", "dedup_id": "d-1"}]) == [ids[3]]  # deduplicated
+    with pytest.raises(MessageTooLarge):
+        client.send(name, b"x" * 100)
+    # each partition holds 10; unkeyed messages of one batch go to one partition, so 40 more partly fail
+    with pytest.raises(BatchError) as failed:
+        client.send_batch(name, [b"f%d" % i for i in range(40)])
+    errors = failed.value.errors
+    assert errors and all(isinstance(e, QueueFull) for e in errors.values())
+    accepted = sum(1 for r in failed.value.results if isinstance(r, str))
+    assert accepted == 40 - len(errors) and accepted <= 10
+    assert client.get_queue(name).stats["count"] == 4 + accepted
+    with pytest.raises(TypeError):
+        client.send_batch(name, [{"bodies": b"x"}])
+    assert client.send_batch(name, []) == []
+
+
+def test_delay_and_visibility_timeout(client: Client) -> None:
+    name = fresh("delay")
+    client.create_queue(name)
+    client.send(name, b"later", delay=1.0)
+    assert client.receive(name, wait_seconds=0.3) == []
+    (message,) = client.receive(name, wait_seconds=3)
+    assert message.body == b"later"
+    # a short visibility timeout: not deleted, it comes back with a higher receive count
+    client.send(name, b"again")
+    (first,) = client.receive(name, wait_seconds=2, visibility_timeout=0.5)
+    (second,) = client.receive(name, wait_seconds=3)
+    assert second.id == first.id and second.receive_count == first.receive_count + 1
+    with pytest.raises(BatchError) as stale:
+        client.delete_batch(name, [first.receipt])
+    assert isinstance(stale.value.errors[0], ReceiptExpired)
+    second.delete()
+    message.delete()
+
+
+def test_fifo_groups_keep_order(client: Client) -> None:
+    name = fresh("fifo")
+    client.create_queue(name, partitions=3, fifo=True)
+    for i in range(10):
+        client.send_batch(name, [SendEntry(b"a%d" % i, group="a"), SendEntry(b"b%d" % i, group="b")])
+    seen: dict[str, list[bytes]] = {"a": [], "b": []}
+    deadline = time.monotonic() + 15
+    while sum(map(len, seen.values())) < 20 and time.monotonic() < deadline:
+        for message in client.receive(name, max_messages=10, wait_seconds=1):
+            seen[message.group or ""].append(message.body)
+            message.delete()
+    assert seen == {"a": [b"a%d" % i for i in range(10)], "b": [b"b%d" % i for i in range(10)]}
+
+
+def test_with_message_deletes_on_success_and_releases_on_error(client: Client) -> None:
+    name = fresh("with")
+    client.create_queue(name, visibility_timeout_ms=30_000)
+    client.send(name, b"job")
+    (message,) = client.receive(name, wait_seconds=2)
+    with pytest.raises(RuntimeError):
+        with message:
+            raise RuntimeError("handler failed")
+    # released: receivable again at once (not after 30 s), as a second delivery
+    (again,) = client.receive(name, wait_seconds=2)
+    assert again.id == message.id and again.receive_count == 2
+    with again:
+        pass
+    assert client.receive(name, wait_seconds=0.5) == []
+    assert client.get_queue(name).stats["count"] == 0
+
+
+def test_extend_and_release(client: Client) -> None:
+    name = fresh("extend")
+    client.create_queue(name)
+    client.send(name, b"m")
+    (message,) = client.receive(name, wait_seconds=2, visibility_timeout=1)
+    message.extend(3)
+    time.sleep(1.5)
+    assert client.receive(name, wait_seconds=0) == []  # the extension holds it past its first second
+    message.release()
+    (again,) = client.receive(name, wait_seconds=2)
+    assert again.id == message.id
+    again.delete()
+
+
+def test_lease_keeper_keeps_a_slow_handler_invisible(dmq: LocalCluster, client: Client) -> None:
+    name = fresh("lease")
+    client.create_queue(name)
+    client.send(name, b"slow")
+    (message,) = client.receive(name, wait_seconds=2, visibility_timeout=1)
+    stolen: list[Any] = []
+
+    def other_worker() -> None:
+        with Client(dmq.addresses) as other:
+            deadline = time.monotonic() + 3.5
+            while time.monotonic() < deadline:
+                stolen.extend(other.receive(name, wait_seconds=0.5))
+
+    thief = threading.Thread(target=other_worker)
+    with message:  # a 3.5 s handler on a 1 s lease
+        thief.start()
+        thief.join(10)
+    assert not thief.is_alive()
+    assert stolen == [], "the lease keeper let another worker receive a message still being handled"
+    assert not message.lease_lost
+    assert client.receive(name, wait_seconds=1.5) == []  # and the block's success deleted it
+
+
+def test_concurrent_sends_and_deletes_are_batched(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = fresh("auto")
+    client.create_queue(name, partitions=2)
+    requests: list[int] = []
+    inner = client._async
+    original = inner._send_request
+
+    async def counting(queue: str, partition: int, messages: list[dict[str, Any]]) -> list[Any]:
+        requests.append(len(messages))
+        return await original(queue, partition, messages)
+
+    monkeypatch.setattr(inner, "_send_request", counting)
+    start = threading.Barrier(40)
+    ids: list[str | None] = []
+
+    def producer(i: int) -> None:
+        start.wait(10)
+        for j in range(10):
+            ids.append(client.send(name, b"%d-%d" % (i, j)))
+
+    threads = [threading.Thread(target=producer, args=(i,)) for i in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(ids) == 400 and len(set(ids)) == 400
+    assert sum(requests) == 400
+    assert len(requests) < 400, "400 concurrent sends travelled as 400 requests: nothing was batched"
+    assert sorted(drain(client, name, 400)) == sorted(b"%d-%d" % (i, j) for i in range(40) for j in range(10))
+
+
+def test_a_lost_answer_is_retried_without_a_duplicate(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first attempt commits but its answer never arrives (a timeout): the retry must not enqueue again."""
+    name = fresh("lost-answer")
+    client.create_queue(name, partitions=2)
+    router = client._async._router
+    original = router.call
+    dropped: list[str] = []
+
+    async def drop_first_send_answer(address: str, op: str, args: dict[str, Any], timeout: float | None = None) -> Any:
+        answer = await original(address, op, args, timeout)
+        if op == "send" and not dropped:
+            dropped.append(args["batch_id"])
+            raise Timeout("the answer was lost on the way back")
+        return answer
+
+    monkeypatch.setattr(router, "call", drop_first_send_answer)
+    ids = client.send_batch(name, [b"once-1", b"once-2", b"once-3"])
+    assert dropped and len(ids) == 3
+    monkeypatch.setattr(router, "call", original)
+    assert sorted(drain(client, name, 3)) == [b"once-1", b"once-2", b"once-3"]
+
+
+def test_consume_handles_everything_and_stops(client: Client) -> None:
+    name = fresh("consume")
+    client.create_queue(name, partitions=2)
+    client.send_batch(name, [b"%d" % i for i in range(60)])
+    handled: list[bytes] = []
+    failed_once: set[bytes] = set()
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def handler(message: Any) -> None:
+        if message.body in (b"7", b"8") and message.body not in failed_once:
+            failed_once.add(message.body)
+            raise ValueError("first attempt fails")  # released, then handled again
+        with lock:
+            handled.append(message.body)
+            if len(handled) == 60:
+                stop.set()
+
+    count = client.consume(name, handler, concurrency=4, wait_seconds=0.5, stop=stop, handle_signals=False)
+    assert count == 60
+    assert sorted(handled) == sorted(b"%d" % i for i in range(60))
+    assert client.get_queue(name).stats["count"] == 0
+
+
+def test_invalid_arguments_fail_before_the_network(dmq: LocalCluster) -> None:
+    with pytest.raises(ValueError):
+        Client(["no-port"])
+    with Client(dmq.addresses) as c:
+        with pytest.raises(ValueError):
+            c.receive("anything", max_messages=0)
+        with pytest.raises(TypeError):
+            c.send("anything", 12345)  # type: ignore[arg-type]
+        with pytest.raises(InvalidRequest):
+            c.create_queue(fresh("bad"), partitions=0)
+
+
+# ---------------------------------------------------------------------------------------------- asyncio
+
+def test_async_client_every_operation(dmq: LocalCluster) -> None:
+    async def scenario() -> None:
+        async with AsyncClient(dmq.addresses) as c:
+            name = fresh("async")
+            info = await c.create_queue(name, partitions=2)
+            assert name in await c.list_queues() and info.name == name
+            ids = await asyncio.gather(*(c.send(name, b"m%d" % i) for i in range(50)))
+            assert len(set(ids)) == 50
+            assert len(await c.send_batch(name, [b"b1", b"b2"])) == 2
+            assert (await c.get_queue(name)).stats["count"] == 52
+            got: list[bytes] = []
+            for _ in range(100):
+                if len(got) == 52:
+                    break
+                for message in await c.receive(name, max_messages=20, wait_seconds=1):
+                    async with message:
+                        got.append(message.body)
+            assert sorted(got) == sorted([b"m%d" % i for i in range(50)] + [b"b1", b"b2"])
+            await c.send(name, b"fails")
+            (message,) = await c.receive(name, wait_seconds=2)
+            with pytest.raises(KeyError):
+                async with message:
+                    raise KeyError("boom")
+            (again,) = await c.receive(name, wait_seconds=2)
+            assert again.id == message.id and again.receive_count == 2
+            await again.extend(5)
+            await again.release()
+            (third,) = await c.receive(name, wait_seconds=2)
+            await c.delete_batch(name, [third.receipt])
+            await c.send(name, b"purge me")
+            assert await c.purge_queue(name) == 1
+            status = await c.cluster_status()
+            assert len(status["nodes"]) == 3 and status["metadata_leader"]
+            await c.delete_queue(name)
+            with pytest.raises(QueueNotFound):
+                await c.get_queue(name)
+    asyncio.run(scenario())
+
+
+def test_async_consume_drains_on_stop(dmq: LocalCluster) -> None:
+    async def scenario() -> None:
+        async with AsyncClient(dmq.addresses) as c:
+            name = fresh("aconsume")
+            await c.create_queue(name)
+            await c.send_batch(name, [b"%d" % i for i in range(20)])
+            stop = asyncio.Event()
+            done: list[bytes] = []
+
+            async def handler(message: Any) -> None:
+                await asyncio.sleep(0.05)
+                done.append(message.body)
+                if len(done) == 10:
+                    stop.set()  # the handlers already running finish; nothing new is taken
+
+            count = await c.consume(name, handler, concurrency=3, wait_seconds=0.5, stop=stop,
+                                    handle_signals=False)
+            assert count == len(done) and 10 <= count <= 13
+            left = (await c.get_queue(name)).stats["count"]
+            assert left == 20 - count  # drained work is deleted, the rest is still queued
+    asyncio.run(scenario())
+
+
+WORKER = """
+import sys, time
+from dmq_client import Client
+
+addresses, queue = sys.argv[1].split(","), sys.argv[2]
+with Client(addresses) as client:
+    def handler(message):
+        print("start", message.body.decode(), flush=True)
+        time.sleep(1.0)
+    handled = client.consume(queue, handler, concurrency=2, wait_seconds=0.5)
+    print("handled", handled, flush=True)
+"""
+
+
+def test_consume_drains_gracefully_on_sigterm(dmq: LocalCluster, client: Client, tmp_path: Any) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    name = fresh("sigterm")
+    client.create_queue(name)
+    client.send_batch(name, [b"%d" % i for i in range(10)])
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    proc = subprocess.Popen([sys.executable, str(script), ",".join(dmq.addresses), name],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # a handler is running
+        assert line.startswith("start"), line + proc.stderr.read() if proc.stderr else line
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        out = line + proc.stdout.read()  # not communicate(): it would skip what readline() buffered
+        err = proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    handled = int(out.strip().splitlines()[-1].split()[1])
+    started = out.count("start")
+    assert 1 <= handled == started <= 4, out  # the running handlers finished; no new work was taken
+    stats = client.get_queue(name).stats
+    assert stats["count"] == 10 - handled and stats["in_flight"] == 0, stats  # nothing left leased
