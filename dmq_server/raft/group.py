@@ -195,6 +195,9 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
 
     # ------------------------------------------------------------------ the state machine
 
+    def _dmq_resumeIndex(self) -> int:
+        return self.store.applied_index
+
     @replicated
     def _apply_entry(self, data: bytes) -> Result:
         index = self.raftLastApplied + 1

@@ -54,11 +54,13 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+import os
 import threading
 
 import pysyncobj
 import pysyncobj.journal as _ps_journal
 import pysyncobj.pickle as pickle
+import pysyncobj.serializer as _ps_serializer
 import pysyncobj.syncobj as _ps_syncobj
 import pysyncobj.tcp_connection as _ps_tcp
 from pysyncobj.config import FAIL_REASON  # noqa: F401  (used by the copied code paths)
@@ -195,6 +197,7 @@ def install(verify: bool = True) -> None:
         pickle._dmq_stock_protocol = getattr(pickle, "__protocol")
         setattr(pickle, "__protocol", PICKLE_PROTOCOL)
         _ps_syncobj.createJournal = _createJournal
+        _ps_serializer.atomicReplace = durable_replace
         _installed = True
 
 
@@ -211,7 +214,26 @@ def _uninstall_for_tests() -> None:
         setattr(pickle, "__protocol", pickle._dmq_stock_protocol)
         del pickle._dmq_stock_protocol
         _ps_syncobj.createJournal = _stock_createJournal
+        _ps_serializer.atomicReplace = _stock_atomicReplace
         _installed = False
+
+
+_stock_atomicReplace = _ps_serializer.atomicReplace
+
+
+def durable_replace(source: str, target: str) -> bool:
+    """pysyncobj's atomicReplace (a bare rename) made durable: the file's bytes, then the rename itself (an fsync
+    of the directory), reach the disk before pysyncobj compacts the log on the strength of the new snapshot. A
+    power loss could otherwise keep the compaction and lose the snapshot (used for local and received ones)."""
+    with open(source, "rb") as file:
+        os.fsync(file.fileno())
+    os.replace(source, target)
+    directory = os.open(os.path.dirname(os.path.abspath(target)), os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return True
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -235,6 +257,11 @@ class SyncObj(_StockSyncObj):
         flush = getattr(self.__raftLog, 'flush', None)
         if flush is not None:
             flush()
+
+    def dmq_unsynced_log(self):
+        """The log when it holds writes not yet fsynced, else None: a host ticking many groups fsyncs these in
+        parallel before the ticks (each tick's own sync then finds nothing to do)."""
+        return self.__raftLog if getattr(self.__raftLog, 'dirty', False) else None
 
     def _dmq_reply(self, node, message):
         self._dmq_pendingReplies.append((node, message))
@@ -282,8 +309,23 @@ class SyncObj(_StockSyncObj):
     _dmq_applyMaxEntries = 256
     _dmq_applyMaxSeconds = 0.02
 
+    def _dmq_resumeIndex(self):
+        """Hook: the index the state machine has durably applied, or None when unknown (see below)."""
+        return None
+
     def __applyLogEntries(self):
         needSendAppendEntries = False
+
+        # DMQ: a log compacted past what pysyncobj believes applied (its snapshot file lost, so it restarted at
+        # raftLastApplied = 1) would never apply again; resume after what the state machine applied, when the
+        # log still holds the entries that follow it.
+        first = getattr(self.__raftLog, 'firstIndex', None)
+        if first is not None and self.__raftLastApplied + 1 < first <= self.__raftCommitIndex:
+            resume = self._dmq_resumeIndex()
+            if resume is not None and first - 1 <= resume <= self.__raftCommitIndex:
+                logger.warning('resuming apply after index %d (the log starts at %d; applied was %d)',
+                               resume, first, self.__raftLastApplied)
+                self.__raftLastApplied = resume
 
         if self.__raftCommitIndex > self.__raftLastApplied:
             count = min(self.__raftCommitIndex - self.__raftLastApplied, self._dmq_applyMaxEntries)
