@@ -51,7 +51,7 @@ import socket
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
 from pysyncobj.monotonic import monotonic as _now  # the clock pysyncobj's timers use (CLOCK_MONOTONIC_RAW)
 from pysyncobj.syncobj import _RAFT_STATE
@@ -153,7 +153,6 @@ class RaftHost:
         self._running = False
         self._stopping = False
         self._next_hk = 0.0
-        self._sync_pool: ThreadPoolExecutor | None = None  # parallel fsyncs of many groups' logs (GIL released)
         self.counters = dict(ticks=0, loops=0, frames_in=0, unknown_group=0, not_member=0, auth_failures=0,
                              protocol_errors=0, dropped_send=0, accepted=0, refused_busy=0, dials=0,
                              tick_errors=0)
@@ -205,9 +204,6 @@ class RaftHost:
         if self._thread.is_alive():
             logger.error("raft host loop did not stop within %.1fs", timeout)
             return
-        if self._sync_pool is not None:
-            self._sync_pool.shutdown(wait=True)
-            self._sync_pool = None
         for conn in list(self._conns) + list(self._handshaking):
             conn.close()
         for peer in self._peers.values():
@@ -445,7 +441,6 @@ class RaftHost:
                     due, _, entry = heapq.heappop(heap)
                     if entry.due == due and not entry.removed:
                         ready.add(entry)
-                self._presync(ready)
                 budget_end = _now() + self.max_round_seconds
                 for entry in ready:
                     if entry.removed:
@@ -475,22 +470,6 @@ class RaftHost:
                 logger.exception("raft host loop error")
                 time.sleep(0.01)
         self._loop_ident = None
-
-    def _presync(self, ready):
-        """fsync the logs of every group about to tick at once, in parallel: the WAL fsyncs of many groups then
-        cost about one fsync's latency per round instead of one per group, one after the other."""
-        logs = []
-        for entry in ready:
-            unsynced = getattr(entry.group, "dmq_unsynced_log", None)
-            log = None if entry.removed or unsynced is None else unsynced()
-            if log is not None:
-                logs.append(log)
-        if len(logs) < 2:
-            return  # the tick's own sync does it
-        if self._sync_pool is None:
-            self._sync_pool = ThreadPoolExecutor(8, thread_name_prefix="dmq-raft-fsync")
-        for done in [self._sync_pool.submit(log.sync) for log in logs]:
-            done.result()
 
     def _tick(self, entry):
         group = entry.group

@@ -258,11 +258,6 @@ class SyncObj(_StockSyncObj):
         if flush is not None:
             flush()
 
-    def dmq_unsynced_log(self):
-        """The log when it holds writes not yet fsynced, else None: a host ticking many groups fsyncs these in
-        parallel before the ticks (each tick's own sync then finds nothing to do)."""
-        return self.__raftLog if getattr(self.__raftLog, 'dirty', False) else None
-
     def _dmq_reply(self, node, message):
         self._dmq_pendingReplies.append((node, message))
 
