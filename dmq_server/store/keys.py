@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import functools
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+import msgpack
 
 META = b"\x00"
 MESSAGE = b"M"  # M id -> message record
@@ -19,7 +21,7 @@ GROUP = b"G"  # G group -> (head, tail, in-flight id)
 NEXT = b"N"  # N id -> next id of the same FIFO group
 DEDUP = b"U"  # U dedup id -> (message id, window end)
 DEDUP_EXPIRY = b"E"  # E window end dedup id -> b"" ; E window end 0xFF batch id -> b""
-BATCH = b"S"  # S batch id -> window end (u64) + msgpack list of the segment's results (see partition.py)
+BATCH = b"S"  # S batch id -> window end (u64) + the segment's results (pack_batch_results / pack_batch_run)
 DEAD = b"X"  # X id -> dead-letter record
 
 _U64 = struct.Struct(">Q")
@@ -66,6 +68,29 @@ def dedup_expiry(at: int, dedup_id: bytes) -> bytes:
 
 def batch_expiry(at: int, batch_id: bytes) -> bytes:
     return DEDUP_EXPIRY + _U64.pack(at) + BATCH_MARK + batch_id
+
+
+# The results a batch id remembers (after the window end in its S value), one int per message: the id, -id for a
+# per-message dedup duplicate, 0 for QueueFull. Usually every message was enqueued, under consecutive ids: that
+# run is stored as 0x00 + first id (u64) + count (u32); anything else as a msgpack array of the ints (an array
+# never starts with the byte 0x00).
+_BATCH_RUN = b"\x00"
+_RUN = struct.Struct(">QI")
+
+
+def pack_batch_run(first: int, count: int) -> bytes:
+    return _BATCH_RUN + _RUN.pack(first, count)
+
+
+def pack_batch_results(results: list[int]) -> bytes:
+    return msgpack.packb(results)
+
+
+def unpack_batch_results(raw: bytes) -> Sequence[int]:
+    if raw[:1] == _BATCH_RUN:
+        first, count = _RUN.unpack_from(raw, 1)
+        return range(first, first + count)
+    return msgpack.unpackb(raw)
 
 
 def pack_u64(value: int) -> bytes:

@@ -136,30 +136,32 @@ class PartitionStore:
                        now: int) -> list[dict[str, Any]]:
         """One segment sent under a batch id: inside the window of an earlier segment with the same id, that
         segment's results again, each marked duplicate, and nothing enqueued (BatchMismatch for each message when
-        the earlier segment had another number of messages); else enqueued and remembered.
-
-        The memory is `S batch_id -> window end (u64) + msgpack list with one int per message`: the id, -id for a
-        per-message dedup duplicate, 0 for QueueFull. It expires through E with the dedup ids."""
+        the earlier segment had another number of messages); else enqueued and remembered under
+        `S batch_id -> window end (u64) + results` (keys.pack_batch_results), expiring through E like dedup ids."""
         key = keys.BATCH + batch_id
         remembered = txn.get(key)
         remembered_until = None
         if remembered is not None:
             remembered_until = keys.unpack_u64(remembered[:8])
             if remembered_until > now:
-                first = msgpack.unpackb(remembered[8:])
+                first = keys.unpack_batch_results(remembered[8:])
                 if len(first) != len(messages):  # not a retry of that send: one result per message all the same
                     return [{"error": BATCH_MISMATCH} for _ in messages]
                 return [{"id": abs(ident), "duplicate": True} if ident else {"error": QUEUE_FULL, "duplicate": True}
                         for ident in first]
+        first_id = meta.next_id
         results = self._enqueue_messages(txn, meta, messages, now)
         if remembered_until is not None:  # its window ended, not yet forgotten: forget it now
             txn.delete(keys.batch_expiry(remembered_until, batch_id))
         else:
             meta.dedup_entries += 1
         window_end = now + meta.config.dedup_window_ms
-        encoded = [0 if "error" in result else -result["id"] if result["duplicate"] else result["id"]
-                   for result in results]
-        txn.put(key, keys.pack_u64(window_end) + msgpack.packb(encoded))
+        if meta.next_id - first_id == len(messages):  # the usual case: every message enqueued, ids in a run
+            encoded = keys.pack_batch_run(first_id, len(messages))
+        else:  # the id, -id for a per-message dedup duplicate, 0 for QueueFull
+            encoded = keys.pack_batch_results([0 if "error" in result else -result["id"] if result["duplicate"]
+                                               else result["id"] for result in results])
+        txn.put(key, keys.pack_u64(window_end) + encoded)
         txn.put(keys.batch_expiry(window_end, batch_id), b"")
         return results
 

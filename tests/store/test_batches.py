@@ -167,6 +167,19 @@ def test_the_memory_costs_two_keys_per_batch_whatever_its_size(queue: Driver) ->
     batch, expiry = memory(queue)
     assert len(batch) == 1 and len(expiry) == 1
     assert batch == [keys.BATCH + b"B"] and expiry[0].endswith(keys.BATCH_MARK + b"B")
+    # Every message enqueued: the ids are a run, stored as first id and count.
+    assert len(queue.store._database()[keys.BATCH + b"B"]) == 8 + 13
+    assert send(queue, b"B", *[b"m"] * 1000) == dup(*range(1, 1001))
+
+
+def test_results_other_than_a_run_are_stored_one_by_one(queue: Driver) -> None:
+    queue.configure(max_messages=3)
+    queue.send(b"first", dedup="k")
+    results = enqueue(queue, [entry(b"a"), entry(b"b", "k"), entry(b"c"), entry(b"d")], [[b"B", 0, 4]])
+    assert results == new(2) + dup(1) + new(3) + [{"error": "QueueFull"}]
+    assert keys.unpack_batch_results(queue.store._database()[keys.BATCH + b"B"][8:]) == [2, -1, 3, 0]
+    assert enqueue(queue, [entry(b"a"), entry(b"b", "k"), entry(b"c"), entry(b"d")], [[b"B", 0, 4]]) == \
+        dup(2, 1, 3) + [{"error": "QueueFull", "duplicate": True}]
 
 
 BAD_BATCHES = [
