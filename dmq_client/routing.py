@@ -94,7 +94,7 @@ class Router:
         return await asyncio.shield(opening)
 
     def any_node(self) -> str:
-        """A seed, in turn (a failed one is skipped on the next attempt), or a known leader when seeds are gone."""
+        """A seed, in turn: each attempt of a retry loop asks the next one, so a dead seed costs one attempt."""
         self._seed_turn += 1
         return self.seeds[self._seed_turn % len(self.seeds)]
 
