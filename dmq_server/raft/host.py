@@ -110,7 +110,7 @@ class RaftHost:
                  max_frame_bytes: int = 16 << 20, max_send_buffer: int = 32 << 20,
                  connection_timeout: float = 3.0, reconnect_interval: float = 0.5, handshake_timeout: float = 5.0,
                  max_handshakes: int = 64, max_idle_tick: float = 0.5, compress_min_bytes: int | None = 32 << 10,
-                 max_round_seconds: float = 0.05):
+                 max_round_seconds: float = 0.05, poll_first_after: float = 0.05, stall_warn_seconds: float = 0.25):
         host, port = address.rsplit(":", 1)
         self.address = address
         # bind_address: "host" (the address's port) or "host:port" (e.g. behind a proxy that owns the address)
@@ -125,6 +125,8 @@ class RaftHost:
         self.max_handshakes = int(max_handshakes)
         self.max_idle_tick = float(max_idle_tick)
         self.max_round_seconds = float(max_round_seconds)
+        self.poll_first_after = float(poll_first_after)
+        self.stall_warn_seconds = float(stall_warn_seconds)
         self.compress_min_bytes = compress_min_bytes
         self._ping_interval = self.connection_timeout / 3.0
         self._hk_interval = min(0.25, self.connection_timeout / 6.0)
@@ -155,7 +157,7 @@ class RaftHost:
         self._next_hk = 0.0
         self.counters = dict(ticks=0, loops=0, frames_in=0, unknown_group=0, not_member=0, auth_failures=0,
                              protocol_errors=0, dropped_send=0, accepted=0, refused_busy=0, dials=0,
-                             tick_errors=0)
+                             tick_errors=0, late_polls=0, stalls=0)
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -430,11 +432,21 @@ class RaftHost:
         self._loop_ident = threading.get_ident()
         sel = self._sel
         heap = self._heap
+        last_poll = _now()
         while not self._stopping:
             try:
                 self.counters["loops"] += 1
                 self._drain_wake()
                 now = _now()
+                if now - last_poll > self.poll_first_after:
+                    # The thread was held up (a long tick, GIL starvation, SIGSTOP): read what the peers sent
+                    # meanwhile before firing timers, or a follower whose heartbeats sit unread in its socket
+                    # buffer reaches its election deadline and deposes a healthy leader.
+                    self.counters["late_polls"] += 1
+                    for key, mask in sel.select(0):
+                        self._on_event(key, mask)
+                    now = _now()
+                round_start = now
                 ready = self._dirty
                 self._dirty = set()
                 while heap and heap[0][0] <= now:
@@ -464,8 +476,13 @@ class RaftHost:
                     if heap and heap[0][0] < wake_at:
                         wake_at = heap[0][0]
                     timeout = max(0.0, min(wake_at - _now(), self.max_idle_tick))
+                took = _now() - round_start
+                if took > self.stall_warn_seconds:
+                    self.counters["stalls"] += 1
+                    logger.warning("raft host round took %.0f ms (%d groups ready)", took * 1000, len(ready))
                 for key, mask in sel.select(timeout):
                     self._on_event(key, mask)
+                last_poll = _now()
             except Exception:  # noqa: BLE001  the loop must survive anything
                 logger.exception("raft host loop error")
                 time.sleep(0.01)

@@ -76,7 +76,7 @@ class RaftLog(Journal):
     """
 
     def __init__(self, path: str, *, cache_max_bytes: int = 64 << 20, cache_max_entries: int = 200_000,
-                 options: Options | None = None):
+                 preload_entries: int = 1024, options: Options | None = None):
         self._path = path
         os.makedirs(path, exist_ok=True)
         if options is None:
@@ -134,7 +134,10 @@ class RaftLog(Journal):
         self._cache_start = self._last + 1
         self._head: list = []  # the first (up to) 2 entries, pysyncobj reads log[0] and log[1] constantly
         if len(self) > 0:
-            start = max(self._first, self._last - self._cache_max_entries + 1)
+            # Only the newest entries: decoding the whole log (100k+ entries after a busy half hour) held the GIL
+            # for ~200 ms per group at start-up, long enough to starve the Raft loop into spurious elections.
+            # Older entries are read from RocksDB when a follower that far behind asks for them.
+            start = max(self._first, self._last - min(self._cache_max_entries, max(1, preload_entries)) + 1)
             entries = self._read_db(start, self._last + 1)
             if len(entries) != self._last - start + 1 or (entries and entries[0][1] != start):
                 raise LogError(f"stored log has a gap between {start} and {self._last}")

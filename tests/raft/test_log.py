@@ -57,6 +57,23 @@ def test_add_read_and_reopen(tmp_path):
     log.close()
 
 
+def test_reopen_preloads_only_the_newest_entries(tmp_path):
+    """Opening a long log decodes only its tail into the cache (a start-up that decoded every entry held the GIL
+    long enough to starve the Raft loop); everything older is still read, from RocksDB."""
+    p = str(tmp_path / "l")
+    log = RaftLog(p)
+    _fill(log, 1, 3000)
+    log.sync()
+    log.close()
+    log = RaftLog(p, preload_entries=100)
+    assert log._cache_len() == 100
+    assert log[:] == _entries(1, 3000)
+    assert log.getEntries(2900, 5) == _entries(2900, 2904)
+    log.add(b"next", 3001, 2)
+    assert log[-1] == (b"next", 3001, 2) and log._cache_len() == 101
+    log.close()
+
+
 def test_first_add_defines_first_index(tmp_path):
     log = RaftLog(str(tmp_path / "l"))
     log.add(b"a", 100, 3)
