@@ -13,7 +13,7 @@ import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .connection import AsyncConnection, split_address
@@ -24,6 +24,7 @@ T = TypeVar("T")
 BACKOFF_FIRST = 0.02  # seconds; doubles per failed attempt
 BACKOFF_MAX = 1.0
 MAX_ATTEMPTS = 1_000  # a bound on any retry loop, besides its deadline
+LEADERLESS_RECHECK = 0.5  # seconds: how soon a route that named a partition without a leader is looked up again
 
 
 @dataclass
@@ -34,6 +35,7 @@ class QueueRoute:
     id: int
     attributes: dict[str, Any]
     leaders: list[str | None]
+    fetched_at: float = field(default_factory=time.monotonic)
 
     @property
     def partitions(self) -> int:
@@ -69,6 +71,7 @@ class Router:
         self._routes: dict[str, QueueRoute] = {}
         self._stale: dict[str, bool] = {}  # queues to look up again before the next attempt
         self._seed_turn = random.randrange(len(seeds))
+        self._rechecks: set[asyncio.Future[None]] = set()
         self._closed = False
 
     # ------------------------------------------------------------------ connections
@@ -100,6 +103,8 @@ class Router:
 
     async def close(self) -> None:
         self._closed = True
+        for recheck in list(self._rechecks):
+            recheck.cancel()
         connections, self._connections = list(self._connections.values()), {}
         await asyncio.gather(*(conn.close() for conn in connections), return_exceptions=True)
 
@@ -140,7 +145,27 @@ class Router:
         if route is None or refresh:
             description = await self.call_any("lookup", {"name": queue})
             route = self._routes[queue] = QueueRoute.from_description(description)
+        elif None in route.leaders and time.monotonic() - route.fetched_at >= LEADERLESS_RECHECK:
+            self._recheck(queue, route)
         return route
+
+    def _recheck(self, queue: str, route: QueueRoute) -> None:
+        """Look a route up again in the background. Unkeyed sends only go to partitions with a known leader, and
+        requests to those succeed: without this, a partition seen leaderless during an election would get no
+        unkeyed traffic until some error refreshed the route."""
+        route.fetched_at = time.monotonic()  # one lookup per interval, however many requests pass by
+
+        async def lookup() -> None:
+            try:
+                description = await self.call(self.any_node(), "lookup", {"name": queue})
+            except DmqError:
+                return  # the next request after the interval tries again
+            if self._routes.get(queue) is route:
+                self._routes[queue] = QueueRoute.from_description(description)
+
+        recheck = asyncio.ensure_future(lookup())
+        self._rechecks.add(recheck)
+        recheck.add_done_callback(self._rechecks.discard)
 
     def forget(self, queue: str) -> None:
         self._routes.pop(queue, None)

@@ -86,6 +86,25 @@ def test_recreated_queue_is_found_again(client: Client) -> None:
     assert sorted(drain(client, name, 3)) == [b"n1", b"n2", b"n3"]
 
 
+def test_a_partition_seen_leaderless_gets_traffic_again(dmq: LocalCluster) -> None:
+    """A lookup answered mid-election names a partition without a leader; unkeyed sends skip it, and succeed
+    elsewhere, so no error would ever refresh the route: the router looks it up again on its own."""
+    async def scenario() -> None:
+        async with AsyncClient(dmq.addresses) as c:
+            name = fresh("leaderless")
+            await c.create_queue(name, partitions=3)
+            route = await c._router.route(name)
+            route.leaders[1] = None  # as a lookup during an election would have answered
+            partitions: set[str] = set()
+            deadline = time.monotonic() + 10
+            while "1" not in partitions and time.monotonic() < deadline:
+                message_id = await c.send(name, b"x")
+                partitions.add(message_id.split(".")[0])
+                await asyncio.sleep(0.05)
+            assert "1" in partitions, f"sends went only to partitions {sorted(partitions)}"
+    asyncio.run(scenario())
+
+
 # ---------------------------------------------------------------------------------------------- messages
 
 def test_send_receive_delete_round_trip(client: Client) -> None:
