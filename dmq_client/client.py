@@ -18,6 +18,7 @@ import signal
 import ssl
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Sequence
+import concurrent.futures
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, TypeVar
@@ -29,7 +30,20 @@ from .model import Body, QueueInfo, SendEntry
 
 T = TypeVar("T")
 
-STOP_POLL_SECONDS = 0.2  # how often a blocked consume() looks at its stop event (signals arrive in between)
+# How often a thread blocked on the loop wakes up: a blocked consume() looks at its stop event, and the main thread
+# runs a signal handler whose signal the kernel handed to another thread (else Ctrl-C waits for a long poll's end).
+POLL_SECONDS = 0.2
+
+
+def _wait(future: concurrent.futures.Future[T], every_poll: Callable[[], None] = lambda: None) -> T:
+    """future.result(), waking every POLL_SECONDS to call `every_poll` (and let pending signal handlers run)."""
+    while True:
+        try:
+            return future.result(POLL_SECONDS)
+        except TimeoutError:
+            if future.done():
+                raise  # the operation's own TimeoutError
+            every_poll()
 
 
 class Client:
@@ -58,7 +72,7 @@ class Client:
             raise RuntimeError("a blocking dmq Client cannot be called from its own event loop thread")
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         try:
-            return future.result()
+            return _wait(future)
         except BaseException:
             future.cancel()
             raise
@@ -153,13 +167,12 @@ class Client:
         future = asyncio.run_coroutine_threadsafe(
             self._async.consume(queue, run_in_thread, concurrency, visibility_timeout=visibility_timeout,
                                 wait_seconds=wait_seconds, stop=loop_stop, handle_signals=False), self._loop)
+        def poll_stop() -> None:
+            if stop is not None and stop.is_set():
+                request_stop()
+
         try:
-            while True:
-                try:
-                    return future.result(STOP_POLL_SECONDS)
-                except TimeoutError:
-                    if stop is not None and stop.is_set():
-                        request_stop()
+            return _wait(future, poll_stop)
         except BaseException:
             request_stop()
             future.cancel()

@@ -384,6 +384,37 @@ def test_async_consume_drains_on_stop(dmq: LocalCluster) -> None:
     asyncio.run(scenario())
 
 
+INTERRUPTED = """
+import signal, sys, threading, time
+from dmq_client import Client
+
+with Client(sys.argv[1].split(",")) as client:
+    client.create_queue(sys.argv[2])
+    # The kernel may hand a process's SIGINT to any thread; here it goes to the client's loop thread on purpose.
+    threading.Timer(0.5, signal.pthread_kill, (client._thread.ident, signal.SIGINT)).start()
+    started = time.monotonic()
+    try:
+        client.receive(sys.argv[2], wait_seconds=20)
+    except KeyboardInterrupt:
+        print("interrupted after %.1f s" % (time.monotonic() - started), flush=True)
+"""
+
+
+def test_ctrl_c_during_a_long_poll_is_not_deferred_to_its_end(dmq: LocalCluster, tmp_path: Any) -> None:
+    """A blocking call wakes the main thread now and then, so a SIGINT that the kernel delivered to another
+    thread still interrupts it at once (seen in CI: `dmq tail -f` ignored Ctrl-C for its whole long poll)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "interrupted.py"
+    script.write_text(INTERRUPTED)
+    done = subprocess.run([sys.executable, str(script), ",".join(dmq.addresses), fresh("ctrlc")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    seconds = float(done.stdout.split()[2])
+    assert seconds < 3.0, done.stdout
+
+
 WORKER = """
 import sys, time
 from dmq_client import Client
