@@ -439,9 +439,10 @@ class RaftHost:
                 self._drain_wake()
                 now = _now()
                 if now - last_poll > self.poll_first_after:
-                    # The thread was held up (a long tick, GIL starvation, SIGSTOP): read what the peers sent
-                    # meanwhile before firing timers, or a follower whose heartbeats sit unread in its socket
-                    # buffer reaches its election deadline and deposes a healthy leader.
+                    # The thread was held up since its last poll (handling a large batch of frames, GIL starvation,
+                    # SIGSTOP): read what the peers sent meanwhile before firing timers, or a follower whose
+                    # heartbeats sit unread in its socket buffer reaches its election deadline and deposes a
+                    # healthy leader.
                     self.counters["late_polls"] += 1
                     for key, mask in sel.select(0):
                         self._on_event(key, mask)
@@ -480,9 +481,11 @@ class RaftHost:
                 if took > self.stall_warn_seconds:
                     self.counters["stalls"] += 1
                     logger.warning("raft host round took %.0f ms (%d groups ready)", took * 1000, len(ready))
-                for key, mask in sel.select(timeout):
+                polled_at = _now()
+                events = sel.select(timeout)
+                last_poll = min(_now(), polled_at + timeout)  # when the kernel answered, as near as we can tell
+                for key, mask in events:
                     self._on_event(key, mask)
-                last_poll = _now()
             except Exception:  # noqa: BLE001  the loop must survive anything
                 logger.exception("raft host loop error")
                 time.sleep(0.01)

@@ -85,6 +85,24 @@ def test_idle_groups_do_not_spin():
         assert all(r < 80 for r in rates), rates
 
 
+def test_a_held_up_follower_reads_its_heartbeats_before_firing_its_timers():
+    """A follower whose loop thread was held up past the election timeout (a long tick, GIL starvation at
+    start-up) must read the heartbeats waiting in its sockets before its timers fire, not depose the leader that
+    sent them (seen after full-cluster restarts in the chaos runs)."""
+    with InProcessCluster(3, groups=6) as cl:
+        cl.wait_leaders()
+        time.sleep(1.0)  # start-up elections settled
+        host = cl.hosts[2]
+        followed = [gid for gid, gs in cl.groups.items() if not host.call(gs[2]._isLeader)]
+        assert followed, "host 2 leads every group"
+        terms = {gid: host.call(cl.groups[gid][2]._getTerm) for gid in followed}
+        host.call(lambda: time.sleep(1.0), timeout=10)  # the loop thread held up for 2-3 election timeouts
+        time.sleep(0.5)
+        after = {gid: host.call(cl.groups[gid][2]._getTerm) for gid in followed}
+        assert after == terms, "host 2 started elections against healthy leaders"
+        assert host.stats()["late_polls"] >= 1
+
+
 def test_single_command_wakes_the_host_promptly():
     with InProcessCluster(3, groups=1, unbatched=True) as cl:
         cl.wait_leaders()
