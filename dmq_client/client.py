@@ -14,11 +14,11 @@ concurrent calls from many threads meet on that loop and are batched per partiti
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import signal
 import ssl
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-import concurrent.futures
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, TypeVar
@@ -167,6 +167,7 @@ class Client:
         future = asyncio.run_coroutine_threadsafe(
             self._async.consume(queue, run_in_thread, concurrency, visibility_timeout=visibility_timeout,
                                 wait_seconds=wait_seconds, stop=loop_stop, handle_signals=False), self._loop)
+
         def poll_stop() -> None:
             if stop is not None and stop.is_set():
                 request_stop()
