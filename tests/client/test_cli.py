@@ -334,9 +334,11 @@ def test_tail_follow_stops_on_ctrl_c(dmq: LocalCluster) -> None:
     ok(run(dmq, "send", name, "before"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
                                                         os.environ.get("PYTHONPATH", "")])}
+    # As from a terminal: a test run started in the background by a shell without job control inherits SIGINT
+    # ignored, and the tail would inherit that too.
     proc = subprocess.Popen([sys.executable, "-m", "dmq_server.cli", "tail", name, "-f", "--wait", "20",
                              "--nodes", dmq.addresses[0]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env)
+                            env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()  # the header of the first message: it is in its long poll next
