@@ -477,11 +477,11 @@ class RaftHost:
                     if heap and heap[0][0] < wake_at:
                         wake_at = heap[0][0]
                     timeout = max(0.0, min(wake_at - _now(), self.max_idle_tick))
-                took = _now() - round_start
-                if took > self.stall_warn_seconds:
-                    self.counters["stalls"] += 1
-                    logger.warning("raft host round took %.0f ms (%d groups ready)", took * 1000, len(ready))
                 polled_at = _now()
+                if polled_at - round_start > self.stall_warn_seconds:
+                    self.counters["stalls"] += 1
+                    logger.warning("raft host round took %.0f ms (%d groups ready)",
+                                   (polled_at - round_start) * 1000, len(ready))
                 events = sel.select(timeout)
                 last_poll = min(_now(), polled_at + timeout)  # when the kernel answered, as near as we can tell
                 for key, mask in events:
