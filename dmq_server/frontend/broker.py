@@ -28,6 +28,7 @@ ALIVE_MS = 5_000  # a node whose last heartbeat is older is not given new partit
 LEADER_WAIT_SECONDS = 10.0  # create_queue returns once every partition has a leader, or after this long
 SOURCE_QUEUE_ATTRIBUTE = "dmq-source-queue"  # set on messages moved to a dead-letter queue, read by redrive
 METADATA_TIMEOUT = 10.0
+READ_INDEX_SECONDS = 1.0  # a follower's metadata read waits at most this long for the leader and for catching up
 
 
 def _now_ms() -> int:
@@ -163,10 +164,28 @@ class Broker:
         return {"name": record["name"], "id": record["id"], "version": record["version"],
                 "created_at": record["created_at"], "attributes": record["attrs"], "partitions": partitions}
 
+    async def _read_index(self) -> None:
+        """Raft's read index, for metadata reads on a follower: wait until this replica has applied every change
+        the metadata leader had applied when the read arrived. A client that deleted a queue through one node then
+        never sees it listed by another. Without an answer from the leader the local replica answers as it is."""
+        leader = self.topology.metadata_leader()
+        if leader is None or leader.node_id == self.topology.node_id:
+            return
+        try:
+            version = await self._peers.call(leader.client, "metadata_version", {}, on_behalf="cluster",
+                                             timeout=READ_INDEX_SECONDS)
+        except RequestError:
+            return
+        deadline = time.monotonic() + READ_INDEX_SECONDS
+        while self.topology.view().version < version and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+
     async def _lookup(self, request: rq.QueueOp, identity: Identity, principal: str, forwarded: bool) -> Any:
+        await self._read_index()
         return self._describe(self._queue(request.name))
 
     async def _get_queue(self, request: rq.QueueOp, identity: Identity, principal: str, forwarded: bool) -> Any:
+        await self._read_index()
         record = self._queue(request.name)
         description = self._describe(record)
         totals: dict[str, int] = {}
@@ -192,6 +211,7 @@ class Broker:
 
     async def _list_queues(self, request: rq.ListQueues, identity: Identity, principal: str,
                            forwarded: bool) -> Any:
+        await self._read_index()
         return sorted(name for name in self.topology.view().queues
                       if name.startswith(request.prefix) and (identity.internal or identity.allows(None, name)))
 
@@ -516,6 +536,12 @@ class Broker:
                                           on_behalf="cluster", timeout=5.0)
         return await self.metadata_submit({"op": "heartbeat", "now": _now_ms(), "node": node, "leading": leading})
 
+    async def _op_metadata_version(self, args: dict[str, Any]) -> Any:
+        group = self.topology.metadata_group
+        if group is None or not group.is_leader():
+            raise RequestError(ErrorCode.NOT_LEADER, "this node does not lead the metadata group")
+        return self.topology.view().version
+
     async def _op_metadata_snapshot(self, args: dict[str, Any]) -> Any:
         group = self.topology.metadata_group
         if group is None:
@@ -528,6 +554,7 @@ class Broker:
         "wait_messages": _op_wait_messages,
         "heartbeat": _op_heartbeat,
         "metadata_snapshot": _op_metadata_snapshot,
+        "metadata_version": _op_metadata_version,
     }
     _handlers: dict[type, Callable[..., Awaitable[Any]]] = {
         rq.CreateQueue: _create_queue,

@@ -146,3 +146,24 @@ def test_a_full_cluster_power_loss_mid_workload_keeps_every_acknowledged_message
     print(result.table())
     assert result.ok, f"{result.table()}\n{nodes.logs()}"
     assert result.payloads["acknowledged"] >= 100
+
+
+def test_a_lagging_follower_answers_metadata_reads_only_after_catching_up(nodes: ChaosNodes) -> None:
+    """A queue deleted through the metadata leader is no longer listed or described by a follower whose Raft
+    traffic from the leader runs 300 ms late: the follower asks the leader how far it got and waits for that
+    (a read index) instead of answering from its stale replica."""
+    ids = [n.node_id for n in nodes.layout.nodes]
+    leader = ids.index(nodes.wait_for("a metadata leader", lambda: _leader_seen_by(nodes, 0)))
+    follower = (leader + 1) % 3
+    with Connection(nodes.addresses[leader]) as to_leader, Connection(nodes.addresses[follower]) as to_follower:
+        to_leader.call("create_queue", {"name": "lagging", "attributes": {"partitions": 1}}, timeout=20)
+        nodes.wait_for("the follower to list the queue",
+                       lambda: "lagging" in to_follower.call("list_queues", {"prefix": ""}))
+        nodes.network.delay(leader, follower, 0.3)
+        try:
+            to_leader.call("delete_queue", {"name": "lagging"}, timeout=20)
+            assert "lagging" not in to_follower.call("list_queues", {"prefix": ""}, timeout=5)
+            with pytest.raises(DmqError):
+                to_follower.call("get_queue", {"name": "lagging"}, timeout=5)
+        finally:
+            nodes.network.heal()
