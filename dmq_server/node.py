@@ -312,7 +312,7 @@ class Node:
             record = view.queues.get(local.queue_name)
             if record is None:
                 continue
-            if local.stats()["dead_letters"]:
+            if (await local.stats())["dead_letters"]:
                 await self._move_dead_letters(local, record)
             self._rebalance(local, record, liveness)
 

@@ -194,7 +194,7 @@ class Broker:
         async def stats_of(partition: int) -> dict[str, int] | None:
             try:
                 return await self._on_partition(record, partition, forwarded, principal, "partition_stats",
-                                                {"queue": record["name"]}, lambda local: _ready(local.stats()))
+                                                {"queue": record["name"]}, lambda local: local.stats())
             except RequestError:
                 return None
 
@@ -509,7 +509,7 @@ class Broker:
         return await self._on_partition(record, partition, True, "cluster", "", {}, call)
 
     async def _op_partition_stats(self, args: dict[str, Any]) -> Any:
-        return await self._partition_internal(args, lambda local: _ready(local.stats()))
+        return await self._partition_internal(args, lambda local: local.stats())
 
     async def _op_purge_partition(self, args: dict[str, Any]) -> Any:
         return await self._partition_internal(args, lambda local: local.command({"op": "purge", "now": _now_ms()}))
@@ -569,10 +569,6 @@ class Broker:
 
 _QUEUE_OPS = {"delete_queue": Broker._delete_queue, "get_queue": Broker._get_queue,
               "purge_queue": Broker._purge_queue, "lookup": Broker._lookup}
-
-
-async def _ready(value: T) -> T:
-    return value
 
 
 def _queue_of(request: Any) -> str | None:

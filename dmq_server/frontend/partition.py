@@ -19,6 +19,7 @@ from .batcher import COMMIT_TIMEOUT, PartitionBatcher
 from .requests import OutgoingMessage, Receipt, RequestError, error_code
 
 EMPTY_RETRY_SECONDS = 0.05  # a receive that found nothing although a message looked ready waits this long
+READ_WAIT_SECONDS = 1.0  # how long a read on a new leader waits for its state to hold everything committed
 
 
 def _entry_error(code: str) -> dict[str, Any]:
@@ -183,7 +184,14 @@ class LocalPartition:
             raise RequestError(error_code(outcome["error"]), str(outcome.get("message")))
         return outcome["result"]
 
-    def stats(self) -> dict[str, Any]:
+    async def stats(self) -> dict[str, Any]:
+        """The partition's counts, once this leader's state holds everything committed (a leader new in its term
+        may not yet: the counts would miss messages whose sends were acknowledged)."""
+        deadline = time.monotonic() + READ_WAIT_SECONDS
+        while not self.group.leader_state_complete():
+            if time.monotonic() >= deadline:
+                raise RequestError(ErrorCode.UNAVAILABLE, "the partition's new leader is still catching up; retry")
+            await asyncio.sleep(0.005)
         return self.group.query(lambda store: store.stats(_now_ms()))
 
 

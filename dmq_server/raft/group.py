@@ -261,6 +261,13 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
     def is_leader(self) -> bool:
         return self._isLeader()
 
+    def leader_state_complete(self) -> bool:
+        """Leader, with its term's first entry (pysyncobj's no-op) applied. Until then, entries committed in
+        earlier terms may be missing from its state (Raft §8), so reads must wait. pysyncobj applies the same
+        rule before it changes the cluster."""
+        noop = self.__dict__.get("_SyncObj__noopIDx")
+        return self._isLeader() and noop is not None and self.raftLastApplied >= noop
+
     def leader_address(self) -> str | None:
         leader = self._getLeader()
         return None if leader is None else getattr(leader, "address", str(leader))

@@ -232,3 +232,22 @@ def test_the_metadata_store_as_state_machine(tmp_path) -> None:
     finally:
         for group in replicas:
             group.close(graceful=False)
+
+
+def test_a_new_leader_reads_only_once_its_state_holds_every_commit(replicas: Replicas) -> None:
+    """A leader new in its term may not yet have applied entries committed in the term before (its followers
+    learn a commit index one heartbeat later). `leader_state_complete` says when its reads are safe: whenever it
+    holds, every acknowledged message is counted."""
+    old = replicas.leader()
+    replicas.submit("enqueue", messages=[[b"m%d" % i, None, None, None, None] for i in range(5)])
+    replicas.stop(replicas.groups.index(old))  # at once: the followers may not know the last commit yet
+    complete_seen = 0
+    deadline = time.monotonic() + 15
+    while complete_seen < 50 and time.monotonic() < deadline:
+        for group in replicas.live():
+            if group.leader_state_complete():
+                complete_seen += 1
+                assert group.query(lambda s: s.stats(T0)["count"]) == 5
+        time.sleep(0.001)
+    assert complete_seen == 50
+    assert not any(g.leader_state_complete() for g in replicas.live() if not g.is_leader())
