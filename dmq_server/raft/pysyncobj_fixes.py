@@ -30,6 +30,9 @@ dmq depends on the published pysyncobj package, unmodified. What it needs change
    * ``__loadDumpFile``: when the log already holds the snapshot's last two entries (same index, term, command),
      only the entries before them are dropped. Stock cleared the whole log in that case too, so a crash between
      writing a snapshot and compacting the log lost the entries after the snapshot, acknowledged ones included.
+   * ``__applyLogEntries``: applies at most ``_dmq_applyMaxEntries`` entries or ``_dmq_applyMaxSeconds`` per tick
+     (stock applied every committed entry in one tick), and starts after what the state machine already applied
+     (``_dmq_resumeIndex``): stock walked the whole log again after every restart.
    * ``__onBecomeLeader`` and ``_onTick`` are wrapped (not copied) to fsync the log: at the top of every tick,
      before the leader counts its own entries toward commit (so "committed" means "durable on a majority"), and
      right after a new leader appended its no-op (a one-node group computes its commit in the same tick).
@@ -308,21 +311,30 @@ class SyncObj(_StockSyncObj):
         """Hook: the index the state machine has durably applied, or None when unknown (see below)."""
         return None
 
+    def _dmq_skipApplied(self):
+        """DMQ: after a restart pysyncobj starts at raftLastApplied = 1 (or its last snapshot) and walks every
+        committed entry again; the state machine ignores those it already applied, but reading and dispatching
+        them took seconds once a log held tens of thousands of entries, and the group served nothing meanwhile.
+        Resume right after what the state machine durably applied: those entries are committed (only committed
+        entries are applied) and applying them again changes nothing. It also rescues a log compacted past what
+        pysyncobj believes applied (its snapshot file lost), which would otherwise never apply again. Not when
+        the log no longer holds the entries that follow (the state machine needs a snapshot then)."""
+        resume = self._dmq_resumeIndex()
+        if resume is None or not self.__raftLastApplied < resume <= self.__raftCommitIndex:
+            return
+        first = getattr(self.__raftLog, 'firstIndex', None)
+        if first is not None and resume < first - 1:
+            return
+        if first is not None and self.__raftLastApplied + 1 < first:
+            logger.warning('resuming apply after index %d (the log starts at %d; applied was %d)',
+                           resume, first, self.__raftLastApplied)
+        self.__raftLastApplied = resume
+
     def __applyLogEntries(self):
         needSendAppendEntries = False
 
-        # DMQ: a log compacted past what pysyncobj believes applied (its snapshot file lost, so it restarted at
-        # raftLastApplied = 1) would never apply again; resume after what the state machine applied, when the
-        # log still holds the entries that follow it.
-        first = getattr(self.__raftLog, 'firstIndex', None)
-        if first is not None and self.__raftLastApplied + 1 < first <= self.__raftCommitIndex:
-            resume = self._dmq_resumeIndex()
-            if resume is not None and first - 1 <= resume <= self.__raftCommitIndex:
-                logger.warning('resuming apply after index %d (the log starts at %d; applied was %d)',
-                               resume, first, self.__raftLastApplied)
-                self.__raftLastApplied = resume
-
         if self.__raftCommitIndex > self.__raftLastApplied:
+            self._dmq_skipApplied()
             count = min(self.__raftCommitIndex - self.__raftLastApplied, self._dmq_applyMaxEntries)
             entries = self.__getEntries(self.__raftLastApplied + 1, count)
             stopAt = monotonicTime() + self._dmq_applyMaxSeconds

@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from dmq_server.metadata import MetadataStore, MetadataStoreFactory
-from dmq_server.raft.group import AckMode, GroupSpec, GroupTimings, PartitionGroup, RaftUnavailable
+from dmq_server.raft.group import AckMode, GroupSpec, GroupTimings, PartitionGroup, RaftUnavailable, StoreFactory
+from dmq_server.store import PartitionStore, PartitionStoreFactory
 
 from .cluster import free_ports
 
@@ -34,10 +35,10 @@ class Replicas:
         self.groups: list[PartitionGroup | None] = [self._start(i) for i in range(3)]
         self.now = T0
 
-    def _start(self, i: int) -> PartitionGroup:
+    def _start(self, i: int, store_factory: StoreFactory | None = None) -> PartitionGroup:
         peers = tuple(a for j, a in enumerate(self.addresses) if j != i)
         spec = GroupSpec("q/0", self.addresses[i], peers, str(self.root / f"r{i}"), TIMINGS)
-        return PartitionGroup(spec)
+        return PartitionGroup(spec, store_factory=store_factory)
 
     def live(self) -> list[PartitionGroup]:
         return [g for g in self.groups if g is not None]
@@ -64,8 +65,8 @@ class Replicas:
         group.close(graceful=graceful)
         self.groups[i] = None
 
-    def restart(self, i: int) -> None:
-        self.groups[i] = self._start(i)
+    def restart(self, i: int, store_factory: StoreFactory | None = None) -> None:
+        self.groups[i] = self._start(i, store_factory)
 
     def close(self) -> None:
         for i, group in enumerate(self.groups):
@@ -129,6 +130,52 @@ def test_restart_replays_only_what_the_store_lacks(replicas: Replicas) -> None:
     wait_for(lambda: converged(replicas, index), what="restarted replica to catch up")
     states = [snapshot_of(g) for g in replicas.live()]
     assert states[0] == states[1] == states[2] and states[0][0]["count"] == 11
+
+
+class RecordingStoreFactory(PartitionStoreFactory):
+    """Partition stores that record every index the group hands to `apply`, and the applied index at open."""
+
+    def __init__(self) -> None:
+        self.indexes: list[int] = []
+        self.applied_at_open: int | None = None
+
+    def open(self, path: str) -> PartitionStore:
+        store = super().open(path)
+        self.applied_at_open = store.applied_index
+        apply = store.apply
+
+        def recording_apply(index: int, command: object) -> object:
+            self.indexes.append(index)
+            return apply(index, command)
+
+        store.apply = recording_apply  # type: ignore[method-assign]
+        return store
+
+
+def test_a_restarted_replica_skips_the_entries_its_store_already_applied(replicas: Replicas) -> None:
+    # Stock pysyncobj restarts at raftLastApplied = 1 and walks every entry of the log again; the store ignored
+    # them, but with tens of thousands of entries that took seconds in which the group served nothing.
+    leader = replicas.leader()
+    done: list[object] = []
+    for _ in range(600):
+        replicas.now += 1
+        leader.submit({"op": "enqueue", "now": replicas.now, "messages": [[b"x", None, None, None, None]]},
+                      done.append)
+    wait_for(lambda: len(done) == 600, what="600 commits")
+    index = leader.raftLastApplied
+    wait_for(lambda: converged(replicas, index), what="convergence")
+    victim = next(i for i, g in enumerate(replicas.groups) if g is not None and not g.is_leader())
+    replicas.stop(victim)
+    recording = RecordingStoreFactory()
+    replicas.restart(victim, recording)
+    replicas.submit("enqueue", messages=[[b"after the restart", None, None, None, None]])
+    index = replicas.leader().raftLastApplied
+    wait_for(lambda: converged(replicas, index), what="the restarted replica to apply the new entry")
+    assert recording.applied_at_open is not None and recording.applied_at_open >= 600
+    assert recording.indexes and min(recording.indexes) > recording.applied_at_open, (
+        f"re-applied {sum(1 for i in recording.indexes if i <= recording.applied_at_open)} entries")
+    states = [snapshot_of(g) for g in replicas.live()]
+    assert states[0] == states[1] == states[2] and states[0][0]["count"] == 601
 
 
 def test_wiped_follower_catches_up_through_a_snapshot(replicas: Replicas) -> None:
