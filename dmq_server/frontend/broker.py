@@ -194,7 +194,7 @@ class Broker:
         async def stats_of(partition: int) -> dict[str, int] | None:
             try:
                 return await self._on_partition(record, partition, forwarded, principal, "partition_stats",
-                                                {"queue": record["name"]}, lambda local: local.stats())
+                                                lambda: {"queue": record["name"]}, lambda local: local.stats())
             except RequestError:
                 return None
 
@@ -218,7 +218,7 @@ class Broker:
     async def _purge_queue(self, request: rq.QueueOp, identity: Identity, principal: str, forwarded: bool) -> Any:
         record = self._queue(request.name)
         purged = await asyncio.gather(*(
-            self._on_partition(record, p, forwarded, principal, "purge_partition", {"queue": record["name"]},
+            self._on_partition(record, p, forwarded, principal, "purge_partition", lambda: {"queue": record["name"]},
                                lambda local: local.command({"op": "purge", "now": _now_ms()}))
             for p in range(len(record["partitions"]))))
         return {"purged": sum(result["purged"] for result in purged)}
@@ -279,9 +279,11 @@ class Broker:
         return None if leader is None or leader.node_id == self.topology.node_id else leader.client
 
     async def _on_partition(self, record: dict[str, Any], partition: int, forwarded: bool, principal: str,
-                            op: str, args: dict[str, Any], local_call: Callable[[LocalPartition], Awaitable[T]]) -> T:
-        """Run `local_call` when this node leads the partition, else forward `op` to its leader (following one
-        NotLeader hint). A forwarded request is never forwarded again."""
+                            op: str, forward_args: Callable[[], dict[str, Any]],
+                            local_call: Callable[[LocalPartition], Awaitable[T]]) -> T:
+        """Run `local_call` when this node leads the partition, else forward `op` with `forward_args()` to its
+        leader (following one NotLeader hint); the arguments are built only then, since a local call needs no
+        wire form. A forwarded request is never forwarded again."""
         local = self.local_partition(record, partition)
         if local is not None:
             return await local_call(local)
@@ -293,8 +295,9 @@ class Broker:
                                f"partition {partition} of queue {record['name']!r} "
                                + ("is led by another node" if hint else "has no leader right now; retry shortly"),
                                hint)
+        args = forward_args()
         if op not in ("delete", "change_visibility"):  # these take no 'partition': their receipts name it
-            args = dict(args, partition=partition)
+            args["partition"] = partition
         try:
             return await self._peers.call(hint, op, args, on_behalf=principal)
         except RequestError as exc:
@@ -338,10 +341,14 @@ class Broker:
 
         async def send_to(partition: int, indexes: list[int]) -> None:
             messages = [request.messages[i] for i in indexes]
-            args: dict[str, Any] = {"queue": record["name"], "messages": [_wire_message(m) for m in messages]}
-            if request.batch_id is not None:  # with an explicit partition: every message is here
-                args["batch_id"] = request.batch_id
-            answers = await self._on_partition(record, partition, forwarded, principal, "send", args,
+
+            def forward_args() -> dict[str, Any]:
+                args: dict[str, Any] = {"queue": record["name"], "messages": [_wire_message(m) for m in messages]}
+                if request.batch_id is not None:  # with an explicit partition: every message is here
+                    args["batch_id"] = request.batch_id
+                return args
+
+            answers = await self._on_partition(record, partition, forwarded, principal, "send", forward_args,
                                                lambda local: local.send(messages, request.batch_id))
             for index, answer in zip(indexes, answers):
                 results[index] = answer
@@ -376,10 +383,13 @@ class Broker:
 
     def _receive_one(self, record: dict[str, Any], partition: int, count: int, visibility_ms: int | None,
                      wait_ms: int, forwarded: bool, principal: str, max_bytes: int) -> Awaitable[list[Any]]:
-        args = {"queue": record["name"], "max_messages": count, "wait_ms": wait_ms, "max_bytes": max_bytes}
-        if visibility_ms is not None:
-            args["visibility_timeout_ms"] = visibility_ms
-        return self._on_partition(record, partition, forwarded, principal, "receive", args,
+        def forward_args() -> dict[str, Any]:
+            args = {"queue": record["name"], "max_messages": count, "wait_ms": wait_ms, "max_bytes": max_bytes}
+            if visibility_ms is not None:
+                args["visibility_timeout_ms"] = visibility_ms
+            return args
+
+        return self._on_partition(record, partition, forwarded, principal, "receive", forward_args,
                                   lambda local: local.receive(count, visibility_ms, wait_ms, max_bytes))
 
     async def _receive_many(self, record: dict[str, Any], count: int, request: rq.Receive, wait_ms: int,
@@ -405,7 +415,8 @@ class Broker:
             if collected or remaining_ms <= 0:
                 return collected
             waits = [asyncio.ensure_future(self._on_partition(
-                record, p, forwarded, principal, "wait_messages", {"queue": record["name"], "wait_ms": remaining_ms},
+                record, p, forwarded, principal, "wait_messages",
+                lambda: {"queue": record["name"], "wait_ms": remaining_ms},
                 lambda local: local.wait_for_messages(remaining_ms))) for p in range(count)]
             try:
                 await asyncio.wait(waits, timeout=remaining_ms / 1000, return_when=asyncio.FIRST_COMPLETED)
@@ -428,9 +439,10 @@ class Broker:
 
         async def delete_in(partition: int, indexes: list[int]) -> None:
             receipts = [request.receipts[i] for i in indexes]
-            args = {"queue": record["name"], "receipts": [r.text for r in receipts if r is not None]}
-            answers = await self._on_partition(record, partition, forwarded, principal, "delete", args,
-                                               lambda local: local.delete(receipts))  # type: ignore[arg-type]
+            answers = await self._on_partition(
+                record, partition, forwarded, principal, "delete",
+                lambda: {"queue": record["name"], "receipts": [r.text for r in receipts if r is not None]},
+                lambda local: local.delete(receipts))  # type: ignore[arg-type]
             for index, answer in zip(indexes, answers):
                 results[index] = answer
 
@@ -447,9 +459,10 @@ class Broker:
 
         async def change_in(partition: int, indexes: list[int]) -> None:
             entries = [request.entries[i] for i in indexes]
-            args = {"queue": record["name"], "entries": [[r.text, t] for r, t in entries if r is not None]}
-            answers = await self._on_partition(record, partition, forwarded, principal, "change_visibility", args,
-                                               lambda local: local.change_visibility(entries))  # type: ignore
+            answers = await self._on_partition(
+                record, partition, forwarded, principal, "change_visibility",
+                lambda: {"queue": record["name"], "entries": [[r.text, t] for r, t in entries if r is not None]},
+                lambda local: local.change_visibility(entries))  # type: ignore
             for index, answer in zip(indexes, answers):
                 results[index] = answer
 
@@ -506,7 +519,7 @@ class Broker:
         partition = args.get("partition")
         if type(partition) is not int or not 0 <= partition < len(record["partitions"]):
             raise rq.invalid("'partition' is required and must name a partition of the queue")
-        return await self._on_partition(record, partition, True, "cluster", "", {}, call)
+        return await self._on_partition(record, partition, True, "cluster", "", dict, call)
 
     async def _op_partition_stats(self, args: dict[str, Any]) -> Any:
         return await self._partition_internal(args, lambda local: local.stats())
