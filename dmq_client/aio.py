@@ -50,6 +50,8 @@ class AsyncClient:
     request_timeout: seconds one attempt may take. retry_seconds: how long an operation keeps retrying
     NotLeader / Unavailable / timeouts before it raises. linger: seconds a send or delete waits for others to
     batch with (0: only those issued in the same event-loop iteration, or while earlier batches are out).
+    max_in_flight_batches: requests of automatic batches out at once per queue partition; more concurrent sends
+    or deletes wait in the client (and fill bigger batches) rather than pile onto the partition's leader.
     """
 
     def __init__(self, nodes: Sequence[str] | str, token: str | None = None, tls: ssl.SSLContext | None = None,

@@ -4,12 +4,14 @@ producers batch.
 An item waits until its key's batch is flushed: after `linger` seconds (0: at the end of the current event-loop
 iteration), at once when the batch is full, or — when `max_in_flight` requests of that key are already
 unanswered — as soon as one of them returns. Under load batches grow by themselves; a lone item goes out
-without delay.
+without delay. Full batches wait their turn too: a key never has more than `max_in_flight` requests out, so a
+burst of concurrent callers queues here instead of piling requests onto one partition leader.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Generic, TypeVar
 
@@ -40,7 +42,8 @@ class Coalescer(Generic[Key]):
         self._max_items = max_items
         self._max_bytes = max_bytes
         self._max_in_flight = max_in_flight
-        self._pending: dict[Key, _Pending] = {}
+        self._pending: dict[Key, _Pending] = {}  # the batch still taking items, per key
+        self._full: dict[Key, collections.deque[_Pending]] = {}  # full batches waiting for a free request slot
         self._in_flight: dict[Key, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -49,7 +52,7 @@ class Coalescer(Generic[Key]):
         pending = self._pending.get(key)
         if pending is not None and (len(pending.items) >= self._max_items
                                     or pending.bytes + size > self._max_bytes):
-            self._send(key)  # full: this one starts the next batch
+            self._seal(key)  # full: this one starts the next batch
             pending = None
         if pending is None:
             pending = self._pending[key] = _Pending()
@@ -60,7 +63,7 @@ class Coalescer(Generic[Key]):
         pending.futures.append(future)
         pending.bytes += size
         if len(pending.items) >= self._max_items:
-            self._due(key)
+            self._seal(key)
         return future
 
     def _due(self, key: Key) -> None:
@@ -68,14 +71,21 @@ class Coalescer(Generic[Key]):
         if pending is None:
             return
         pending.due = True
-        if self._in_flight.get(key, 0) < self._max_in_flight:
-            self._send(key)
+        if self._in_flight.get(key, 0) < self._max_in_flight and key not in self._full:
+            self._send(key, self._pending.pop(key))
         # else: the next answer for this key sends it (_landed)
 
-    def _send(self, key: Key) -> None:
-        pending = self._pending.pop(key, None)
-        if pending is None:
-            return
+    def _seal(self, key: Key) -> None:
+        """The key's open batch is full: send it if a request slot is free, else queue it behind the others."""
+        pending = self._pending.pop(key)
+        if pending.timer is not None:
+            pending.timer.cancel()
+        if self._in_flight.get(key, 0) < self._max_in_flight and key not in self._full:
+            self._send(key, pending)
+        else:
+            self._full.setdefault(key, collections.deque()).append(pending)
+
+    def _send(self, key: Key, pending: _Pending) -> None:
         if pending.timer is not None:
             pending.timer.cancel()
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
@@ -107,15 +117,21 @@ class Coalescer(Generic[Key]):
         self._in_flight[key] -= 1
         if not self._in_flight[key]:
             del self._in_flight[key]
+        waiting = self._full.get(key)
+        if waiting:
+            self._send(key, waiting.popleft())
+            if not waiting:
+                del self._full[key]
+            return
         pending = self._pending.get(key)
         if pending is not None and pending.due:
-            self._send(key)
+            self._send(key, self._pending.pop(key))
 
     async def drain(self) -> None:
-        """Send everything pending and wait for the answers (close() calls this)."""
-        for _ in range(1_000):
+        """Send everything pending, as request slots free up, and wait for the answers (close() calls this)."""
+        for _ in range(1_000_000):  # each round waits for at least one answer
             for key in list(self._pending):
-                self._send(key)
+                self._due(key)
             if not self._tasks:
                 return
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
