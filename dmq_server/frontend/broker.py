@@ -76,6 +76,14 @@ class Broker:
             raise RequestError(ErrorCode.QUEUE_NOT_FOUND, f"queue {name!r} does not exist; create it first")
         return record
 
+    async def _data_queue(self, name: str) -> dict[str, Any]:
+        """The queue a message operation names. Known here, it is used as is (a queue's partitions never change);
+        unknown, this replica may simply lag behind a create made through another node, so it catches up with
+        the metadata leader (a read index) before answering QueueNotFound."""
+        if name not in self.topology.view().queues:
+            await self._read_index()
+        return self._queue(name)
+
     async def _at_metadata_leader(self, op: str, args: dict[str, Any], principal: str, forwarded: bool) -> Any:
         """Forward a metadata write to the metadata leader; None when this node is the leader."""
         leader = self.topology.metadata_leader()
@@ -216,7 +224,7 @@ class Broker:
                       if name.startswith(request.prefix) and (identity.internal or identity.allows(None, name)))
 
     async def _purge_queue(self, request: rq.QueueOp, identity: Identity, principal: str, forwarded: bool) -> Any:
-        record = self._queue(request.name)
+        record = await self._data_queue(request.name)
         purged = await asyncio.gather(*(
             self._on_partition(record, p, forwarded, principal, "purge_partition", lambda: {"queue": record["name"]},
                                lambda local: local.command({"op": "purge", "now": _now_ms()}))
@@ -320,7 +328,7 @@ class Broker:
     # ------------------------------------------------------------------ message operations
 
     async def _send(self, request: rq.Send, identity: Identity, principal: str, forwarded: bool) -> Any:
-        record = self._queue(request.queue)
+        record = await self._data_queue(request.queue)
         count = self._partition_count(record, request.partition)
         fifo = bool(record["attrs"].get("fifo"))
         by_partition: dict[int, list[int]] = {}
@@ -364,7 +372,7 @@ class Broker:
         return await self._send(rq.Send(queue, tuple(messages), None), INTERNAL, INTERNAL.name, False)
 
     async def _receive(self, request: rq.Receive, identity: Identity, principal: str, forwarded: bool) -> Any:
-        record = self._queue(request.queue)
+        record = await self._data_queue(request.queue)
         count = self._partition_count(record, request.partition)
         wait_ms = record["attrs"].get("receive_wait_ms", 0) if request.wait_ms is None else request.wait_ms
         # Received messages are invisible once picked, so the partition picks no more than the answer's byte
@@ -434,7 +442,7 @@ class Broker:
         return groups
 
     async def _delete(self, request: rq.Delete, identity: Identity, principal: str, forwarded: bool) -> Any:
-        record = self._queue(request.queue)
+        record = await self._data_queue(request.queue)
         results: list[Any] = [_invalid_receipt()] * len(request.receipts)
 
         async def delete_in(partition: int, indexes: list[int]) -> None:
@@ -453,7 +461,7 @@ class Broker:
 
     async def _change_visibility(self, request: rq.ChangeVisibility, identity: Identity, principal: str,
                                  forwarded: bool) -> Any:
-        record = self._queue(request.queue)
+        record = await self._data_queue(request.queue)
         results: list[Any] = [_invalid_receipt()] * len(request.entries)
         receipts = [receipt for receipt, _ in request.entries]
 
@@ -472,9 +480,9 @@ class Broker:
     async def _redrive(self, request: rq.Redrive, identity: Identity, principal: str, forwarded: bool) -> Any:
         """Move messages from a dead-letter queue back to the queue each came from (or to `to`): receive, send
         with a dedup id derived from the message (a retried redrive sends once), then delete."""
-        record = self._queue(request.queue)
+        record = await self._data_queue(request.queue)
         if request.to is not None:
-            self._queue(request.to)
+            await self._data_queue(request.to)
         moved = skipped = 0
         while moved + skipped < request.max_messages:
             batch = await self._receive(rq.Receive(record["name"], min(100, request.max_messages - moved - skipped),
@@ -515,7 +523,7 @@ class Broker:
     # ------------------------------------------------------------------ node-to-node operations
 
     async def _partition_internal(self, args: dict[str, Any], call: Callable[[LocalPartition], Awaitable[Any]]) -> Any:
-        record = self._queue(rq.queue_name(args.get("queue")))
+        record = await self._data_queue(rq.queue_name(args.get("queue")))
         partition = args.get("partition")
         if type(partition) is not int or not 0 <= partition < len(record["partitions"]):
             raise rq.invalid("'partition' is required and must name a partition of the queue")

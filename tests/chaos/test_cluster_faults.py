@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dmq_client.connection import Connection
-from dmq_client.errors import DmqError
+from dmq_client.errors import DmqError, QueueNotFound
 from dmq_server.chaos.checker import check
 from dmq_server.chaos.history import Delivery, FaultEvent, LeaseEnd, Mark, QueueInfo, Recorder, SendOp
 from dmq_server.chaos.unsynced import lose_unsynced_writes, read_sync_record
@@ -166,4 +166,35 @@ def test_a_lagging_follower_answers_metadata_reads_only_after_catching_up(nodes:
             with pytest.raises(DmqError):
                 to_follower.call("get_queue", {"name": "lagging"}, timeout=5)
         finally:
+            nodes.network.heal()
+
+
+def test_a_lagging_follower_serves_a_queue_created_moments_ago(nodes: ChaosNodes) -> None:
+    """A send through a follower whose Raft traffic from the metadata leader runs 300 ms late, the moment the
+    leader has applied the queue's creation: the follower catches up (a read index) instead of answering
+    QueueNotFound from its stale replica. Unavailable (its partition leader not known yet) may come first."""
+    ids = [n.node_id for n in nodes.layout.nodes]
+    leader = ids.index(nodes.wait_for("a metadata leader", lambda: _leader_seen_by(nodes, 0)))
+    follower = (leader + 1) % 3
+    with Connection(nodes.addresses[leader]) as to_leader, Connection(nodes.addresses[follower]) as to_follower:
+        nodes.network.delay(leader, follower, 0.3)
+        creating = threading.Thread(target=lambda: to_leader.call(
+            "create_queue", {"name": "fresh", "attributes": {"partitions": 1}}, timeout=20))
+        creating.start()
+        try:
+            with Connection(nodes.addresses[leader]) as watcher:
+                nodes.wait_for("the leader to apply the create",
+                               lambda: "fresh" in watcher.call("list_queues", {"prefix": ""}))
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    answer = to_follower.call("send", {"queue": "fresh", "messages": [{"body": b"x"}]}, timeout=10)
+                    break
+                except DmqError as exc:
+                    assert not isinstance(exc, QueueNotFound), "the follower answered from its stale replica"
+                    assert exc.retryable and time.monotonic() < deadline, exc
+                    time.sleep(0.05)
+            assert answer[0]["id"] and not answer[0]["duplicate"]
+        finally:
+            creating.join(30)
             nodes.network.heal()
