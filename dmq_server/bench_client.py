@@ -2,7 +2,8 @@
 
 Three phases on a fresh queue (deleted afterwards unless --keep-queue):
 1. throughput send: `producers` tasks, each with one `send_batch` of `batch` messages in flight at a time;
-2. receive+delete: `consumers` tasks, each receiving up to 100 and deleting them with one `delete_batch`;
+2. receive+delete: `consumers` tasks, each receiving up to 100 and deleting them with one `delete_batch` (which
+   runs while the consumer receives its next batch, as acknowledgements do in most clients: one in flight);
 3. latency: sequential single `send`s (one in flight), then drained too.
 Every body starts with a unique 8-byte number, so the run ends with an exact account: `lost` counts
 acknowledged messages never received (must be 0), `duplicates` deliveries of one message beyond the first.
@@ -171,18 +172,23 @@ async def _receive_phase(client: AsyncClient, queue: str, expected: int, consume
 
     async def consumer() -> None:
         nonlocal duplicates, last_message
+        deleting: asyncio.Future[None] | None = None  # the previous batch's delete, overlapping this receive
         while len(received) < expected and time.monotonic() - last_message < IDLE_SECONDS:
             batch = await client.receive(queue, max_messages=RECEIVE_BATCH, wait_seconds=1)
             if not batch:
                 continue
             last_message = time.monotonic()
-            await client.delete_batch(queue, [m.receipt for m in batch])
+            if deleting is not None:
+                await deleting
+            deleting = asyncio.ensure_future(client.delete_batch(queue, [m.receipt for m in batch]))
             for message in batch:
                 sequence = _SEQ.unpack_from(message.body)[0]
                 if sequence in received:
                     duplicates += 1
                 received.add(sequence)
             progress.advance(len(batch))
+        if deleting is not None:
+            await deleting
 
     started = time.perf_counter()
     await asyncio.gather(*(consumer() for _ in range(consumers)))
