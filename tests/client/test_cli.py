@@ -476,3 +476,17 @@ def test_tls_and_auth_exit_codes(secure: tuple[LocalCluster, Path]) -> None:
     not_a_ca.write_text("not a certificate\n")
     bad_ca = CliRunner().invoke(main, ["queue", "list", "--nodes", address, "--tls-ca", str(not_a_ca)])
     assert bad_ca.exit_code == 2 and "cannot load CA certificates" in bad_ca.output
+
+
+def test_bench_accounts_for_every_message(dmq: LocalCluster, client: Client) -> None:
+    """`dmq bench --json` end to end on a small run: every phase ran, and every acknowledged message came back."""
+    result = CliRunner().invoke(main, ["bench", "--nodes", dmq.addresses[0], "--messages", "3000", "--batch", "50",
+                                       "--producers", "4", "--consumers", "4", "--partitions", "2",
+                                       "--latency-sends", "50", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output)
+    assert figures["messages"] == 3050 and figures["lost"] == 0 and figures["send_failed"] == 0
+    assert figures["send_msgs_per_s"] > 0 and figures["receive_msgs_per_s"] > 0
+    assert 0 < figures["send_p50_ms"] <= figures["send_p99_ms"]
+    assert sum(figures["send_latency_histogram_ms"].values()) == 50
+    assert not [q for q in client.list_queues() if q.startswith("bench-")]  # the bench queue is deleted
