@@ -192,6 +192,20 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
     def _on_state_changed(self, old: int, new: int) -> None:
         log.info("group %s: %s -> %s in term %d", self.spec.group_id, _STATES.get(old, old), _STATES.get(new, new),
                  self.raftCurrentTerm)
+        if old == _LEADER and new != _LEADER:
+            self._release_waiting_commands()
+
+    def _release_waiting_commands(self) -> None:
+        """A leader that lost its post (cut off from the majority, a higher term seen, leadership handed over)
+        answers the commands still waiting for a commit at once: "outcome unknown, retry" (the entry may yet
+        commit under the next leader; a retry with the same batch or dedup ids is answered from it). pysyncobj
+        would keep them until this replica applies their indexes, after the partition heals, so clients waited
+        for their own timeouts while another leader was already serving."""
+        waiting = self._SyncObj__commandsWaitingCommit
+        callbacks = [callback for subscribers in waiting.values() for _, callback in subscribers]
+        waiting.clear()
+        for callback in callbacks:
+            callback(None, FAIL_REASON.LEADER_CHANGED)
 
     # ------------------------------------------------------------------ the state machine
 
@@ -236,7 +250,7 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
                 deliver(result)
             else:
                 deliver({"error": "Unavailable" if error != FAIL_REASON.NOT_LEADER else "NotLeader",
-                         "message": f"the command was not committed ({_FAILURES.get(error, error)}); "
+                         "message": f"no commit could be confirmed ({_FAILURES.get(error, error)}); "
                                     "its outcome is unknown, retry it with the same dedup ids",
                          "leader": self.leader_address()})
 
@@ -384,4 +398,5 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
 
 
 _STATES = {0: "follower", 1: "candidate", 2: "leader"}
+_LEADER = 2
 _FAILURES = {value: name for name, value in vars(FAIL_REASON).items() if isinstance(value, int)}

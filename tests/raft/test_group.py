@@ -178,6 +178,22 @@ def test_a_restarted_replica_skips_the_entries_its_store_already_applied(replica
     assert states[0] == states[1] == states[2] and states[0][0]["count"] == 601
 
 
+def test_a_leader_that_loses_its_majority_answers_its_waiting_commands_at_once(replicas: Replicas) -> None:
+    # Cut off from its followers, a leader steps down after leaderFallbackTimeout (2 x election_max). Commands
+    # waiting for a commit then get "outcome unknown" right away; pysyncobj kept them until the replica rejoined,
+    # so clients waited for their own timeouts while the majority already served under a new leader.
+    leader = replicas.leader()
+    for i, group in enumerate(replicas.groups):
+        if group is not leader:
+            replicas.stop(i)
+    outcomes: list[dict] = []
+    leader.submit({"op": "enqueue", "now": T0, "messages": [[b"stranded", None, None, None, None]]},
+                  outcomes.append)
+    wait_for(lambda: bool(outcomes), timeout=5, what="an answer for the stranded command")  # ~0.9 s
+    assert outcomes[0]["error"] == "Unavailable" and "unknown" in outcomes[0]["message"], outcomes
+    assert not leader.is_leader()
+
+
 def test_wiped_follower_catches_up_through_a_snapshot(replicas: Replicas) -> None:
     for i in range(30):
         replicas.submit("enqueue", messages=[[b"m%d" % i, None, None, None, None]] * 10)
