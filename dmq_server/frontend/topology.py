@@ -91,7 +91,9 @@ class Topology:
 
     def leader_of(self, group_id: str) -> Peer | None:
         """The node leading a partition: from the local replica's Raft state when this node hosts one (fresh),
-        else from the leaders the nodes last reported in their heartbeats."""
+        else from the leaders the nodes last reported in their heartbeats. A hosted replica that is not the leader
+        never names this node from those reports: they are stale (a leader cut off from its majority stepped down
+        but cannot report it), and clients sent there would come back until the partition healed."""
         group = self.groups.get(group_id)
         if group is not None:
             if group.is_leader():
@@ -100,4 +102,6 @@ class Topology:
             if peer is not None:
                 return peer
         node_id = self.view().leaders.get(group_id)
-        return None if node_id is None else self.peers.get(node_id)
+        if node_id is None or (group is not None and node_id == self.node_id):
+            return None
+        return self.peers.get(node_id)
