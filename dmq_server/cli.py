@@ -117,8 +117,11 @@ register(main)
               help="Directory for history.jsonl, table.txt, result.json and the cluster's data and logs.")
 @click.option("--min-each", type=int, default=2, show_default=True,
               help="Go on past --duration (up to twice) until every fault kind ran this many times.")
+@click.option("--kinds", default=None, metavar="KIND[,KIND...]",
+              help="Inject only these fault kinds (default: all; see docs/RELIABILITY.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result summary as JSON instead of the table.")
-def chaos(duration: float, seed: int, nodes: int, out_dir: str, min_each: int, as_json: bool) -> None:
+def chaos(duration: float, seed: int, nodes: int, out_dir: str, min_each: int, kinds: str | None,
+          as_json: bool) -> None:
     """Fault-tolerance run: a local cluster behind fault-injecting proxies, a recorded workload, faults (kill -9,
     pauses, partitions, power loss), a drain, and the total-queue checker (docs/RELIABILITY.md). Exit 1 on a
     failed check."""
@@ -132,8 +135,13 @@ def chaos(duration: float, seed: int, nodes: int, out_dir: str, min_each: int, a
     signal.signal(signal.SIGTERM, terminate)
     if duration <= 0 or nodes not in (3, 5) or min_each < 0:
         raise click.BadParameter("--duration must be positive, --nodes 3 or 5, --min-each >= 0")
+    chosen = runner.KINDS if kinds is None else tuple(kind.strip() for kind in kinds.split(",") if kind.strip())
+    unknown = sorted(set(chosen) - set(runner.KINDS))
+    if not chosen or unknown:
+        raise click.BadParameter(f"--kinds takes a comma-separated subset of {', '.join(runner.KINDS)}"
+                                 + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
     echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
-    result = runner.run(duration, seed, nodes=nodes, out_dir=out_dir, min_each=min_each, log=echo)
+    result = runner.run(duration, seed, nodes=nodes, out_dir=out_dir, min_each=min_each, kinds=chosen, log=echo)
     click.echo(json.dumps(runner.summary(result)) if as_json else result.text)  # type: ignore[attr-defined]
     if not result.ok:
         raise SystemExit(1)

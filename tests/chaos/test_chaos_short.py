@@ -8,9 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from dmq_server.chaos.faults import KINDS
 from dmq_server.chaos.runner import run
+from dmq_server.cli import main
 
 
 @pytest.mark.timeout(600)
@@ -28,3 +30,9 @@ def test_short_chaos_run_loses_nothing_and_recovers(tmp_path: Path) -> None:
         assert result.faults[kind] >= 2, f"{kind} ran {result.faults[kind]} time(s)\n{text}"
     assert result.payloads["acknowledged"] >= 1000, text
     assert result.ok, f"{text}{logs}"
+
+
+def test_chaos_command_refuses_unknown_fault_kinds(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["chaos", "--kinds", "kill_all,meteor", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "unknown: meteor" in result.output, result.output
+    assert not (tmp_path / "run").exists()  # refused before anything started
