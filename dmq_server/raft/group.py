@@ -192,15 +192,24 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
     def _on_state_changed(self, old: int, new: int) -> None:
         log.info("group %s: %s -> %s in term %d", self.spec.group_id, _STATES.get(old, old), _STATES.get(new, new),
                  self.raftCurrentTerm)
-        if old == _LEADER and new != _LEADER:
+        if old == _LEADER and new != _LEADER and self._lost_majority():
             self._release_waiting_commands()
 
+    def _lost_majority(self) -> bool:
+        """The step-down was pysyncobj's leader fallback: no majority answered within leaderFallbackTimeout (the
+        test of SyncObj._onTick). Not a handover or a higher term seen: the majority is reachable then, the next
+        leader commits the waiting entries, and their commands are answered as this replica applies them."""
+        deadline = time.monotonic() - self._SyncObj__conf.leaderFallbackTimeout
+        heard = self._SyncObj__lastResponseTime
+        others = self._SyncObj__otherNodes
+        responding = 1 + sum(1 for node in others if heard.get(node, 0.0) > deadline)
+        return responding <= (len(others) + 1) / 2
+
     def _release_waiting_commands(self) -> None:
-        """A leader that lost its post (cut off from the majority, a higher term seen, leadership handed over)
-        answers the commands still waiting for a commit at once: "outcome unknown, retry" (the entry may yet
-        commit under the next leader; a retry with the same batch or dedup ids is answered from it). pysyncobj
-        would keep them until this replica applies their indexes, after the partition heals, so clients waited
-        for their own timeouts while another leader was already serving."""
+        """A leader cut off from its majority answers the commands still waiting for a commit at once: "outcome
+        unknown, retry" (the entry may yet commit under the next leader; a retry with the same batch or dedup ids
+        is answered from it). pysyncobj would keep them until this replica applies their indexes, after the
+        partition heals, so clients waited for their own timeouts while another leader was already serving."""
         waiting = self._SyncObj__commandsWaitingCommit
         callbacks = [callback for subscribers in waiting.values() for _, callback in subscribers]
         waiting.clear()

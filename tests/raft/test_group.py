@@ -4,6 +4,7 @@ with dmq's fixes."""
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -192,6 +193,28 @@ def test_a_leader_that_loses_its_majority_answers_its_waiting_commands_at_once(r
     wait_for(lambda: bool(outcomes), timeout=5, what="an answer for the stranded command")  # ~0.9 s
     assert outcomes[0]["error"] == "Unavailable" and "unknown" in outcomes[0]["message"], outcomes
     assert not leader.is_leader()
+
+
+def test_a_leader_that_steps_down_within_reach_of_its_majority_leaves_waiting_commands_waiting(
+        replicas: Replicas) -> None:
+    # A handover or a higher term seen: the majority answers, the next leader commits what is in flight, and
+    # pysyncobj answers those commands with their results as this replica applies them. Only a leader cut off
+    # from its majority answers them "outcome unknown" at once.
+    leader = replicas.leader()
+    replicas.submit("enqueue", messages=[[b"x", None, None, None, None]])  # the followers just answered
+    answered: list[int] = []
+    done = threading.Event()
+
+    def step_down_as_reported() -> None:
+        waiting = leader._SyncObj__commandsWaitingCommit  # type: ignore[attr-defined]
+        waiting[10**9].append((leader.raftCurrentTerm, lambda result, error: answered.append(error)))
+        leader._on_state_changed(2, 0)  # leader -> follower, as pysyncobj reports a handover
+        waiting.pop(10**9, None)
+        done.set()
+
+    leader._on_next_tick(step_down_as_reported)
+    assert done.wait(5)
+    assert answered == []
 
 
 def test_wiped_follower_catches_up_through_a_snapshot(replicas: Replicas) -> None:
