@@ -71,19 +71,23 @@ class Coalescer(Generic[Key]):
         if pending is None:
             return
         pending.due = True
-        if self._in_flight.get(key, 0) < self._max_in_flight and key not in self._full:
+        if self._slot_free(key):
             self._send(key, self._pending.pop(key))
         # else: the next answer for this key sends it (_landed)
 
     def _seal(self, key: Key) -> None:
         """The key's open batch is full: send it if a request slot is free, else queue it behind the others."""
         pending = self._pending.pop(key)
-        if pending.timer is not None:
-            pending.timer.cancel()
-        if self._in_flight.get(key, 0) < self._max_in_flight and key not in self._full:
+        if self._slot_free(key):
             self._send(key, pending)
-        else:
-            self._full.setdefault(key, collections.deque()).append(pending)
+            return
+        if pending.timer is not None:
+            pending.timer.cancel()  # its linger no longer matters: it goes out when a slot frees up
+        self._full.setdefault(key, collections.deque()).append(pending)
+
+    def _slot_free(self, key: Key) -> bool:
+        """A request of this key may go out now: fewer than max_in_flight are out and no full batch waits."""
+        return self._in_flight.get(key, 0) < self._max_in_flight and key not in self._full
 
     def _send(self, key: Key, pending: _Pending) -> None:
         if pending.timer is not None:
