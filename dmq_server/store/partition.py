@@ -29,6 +29,10 @@ _NO_GROUP_IN_FLIGHT = 0
 _SCANNED_AFTER_INSERT = (keys.BACK, keys.HEAD)
 
 
+# deadline -> ids of messages whose lease ended before it (see _end_leases)
+_EndedLeases = dict[int, list[int]]
+
+
 @dataclasses.dataclass(frozen=True)
 class StoreOptions:
     advance_limit: int = 10_000  # items per advance step per command
@@ -219,14 +223,13 @@ class PartitionStore:
         picked = self._pick_fifo(txn, meta, budget) if meta.config.fifo else self._pick_standard(txn, meta, budget)
         deadline = now + visibility
         delivered = []
-        put, header, with_header, as_delivered = txn.put, records.header, records.with_header, records.delivered
-        message_key, in_flight_key, in_flight = keys.message, keys.in_flight, records.IN_FLIGHT
+        put, deliver, message_key = txn.put, records.deliver, keys.message
         for ident, record in picked:
-            head = header(record)
-            receive_count = head.receive_count + 1
-            put(message_key(ident), with_header(record, head, in_flight, deadline, receive_count))
-            put(in_flight_key(deadline, ident), b"")
-            delivered.append(as_delivered(ident, record, head, receive_count, deadline))
+            updated, message = deliver(ident, record, deadline)
+            put(message_key(ident), updated)
+            delivered.append(message)
+        if picked:
+            self._lease(txn, deadline, [ident for ident, _ in picked])
         meta.ready -= len(picked)
         meta.in_flight += len(picked)
         return delivered
@@ -236,8 +239,10 @@ class PartitionStore:
         comes first; then the fresh range of M, read straight from the message records."""
         picked: list[tuple[int, bytes]] = []
         back_low = meta.back_low
-        meta.back_low = meta.next_id  # unless a B entry is left below
-        for ident in self._scan_ids(txn, keys.BACK, back_low):
+        # Every B id is below the fresh cursor (which never moves down): no scan, no iterator, when B is empty.
+        scan_back = back_low < meta.fresh
+        meta.back_low = keys.ABOVE_EVERY_ID if scan_back else back_low  # unless a B entry is left below
+        for ident in self._scan_ids(txn, keys.BACK, back_low) if scan_back else ():
             if budget.full or (budget.bytes is not None and not budget.fits(txn.get(keys.message(ident)) or b"")):
                 meta.back_low = ident
                 return picked
@@ -245,20 +250,23 @@ class PartitionStore:
         if budget.full:
             return picked
         stepped_over = 0
+        id_of, ready, fits, take, append = keys.id_of, records.READY, budget.fits, budget.take, picked.append
         for key, record in txn.scan(keys.message(meta.fresh), keys.end_of(keys.MESSAGE)):
-            ident = keys.id_of(key)
-            if record[0] != records.READY:
+            if record[0] != ready:
                 # Delayed, or made ready and handed out through B: below the cursor D and B find it.
-                meta.fresh = ident + 1
+                meta.fresh = id_of(key) + 1
                 stepped_over += 1
                 if stepped_over == self._options.scan_limit:
                     return picked
                 continue
-            if budget.full or not budget.fits(record):
+            ident = id_of(key)
+            if not fits(record):
                 meta.fresh = ident
                 return picked
-            picked.append(budget.take((ident, record)))
-            meta.fresh = ident + 1
+            append(take((ident, record)))
+            if budget.full:  # stop here rather than read one record more
+                meta.fresh = ident + 1
+                return picked
         meta.fresh = meta.next_id
         return picked
 
@@ -296,6 +304,7 @@ class PartitionStore:
         message_keys = [keys.message(ident) for ident, _ in receipts]
         results: list[dict[str, Any]] = []
         removed = 0
+        ended: _EndedLeases = {}
         repeats = len(set(message_keys)) != len(message_keys)
         for key, (ident, receive_count), record in zip(message_keys, receipts,
                                                        self._message_records(txn, receipts, message_keys)):
@@ -308,9 +317,10 @@ class PartitionStore:
             if head.receive_count != receive_count:
                 results.append({"error": RECEIPT_EXPIRED})
             else:
-                self._remove(txn, meta, ident, record, head)
+                self._remove(txn, meta, ident, record, head, ended)
                 removed += 1
                 results.append({"ok": True})
+        self._end_leases(txn, ended)
         self._note_removed(removed)
         return results
 
@@ -328,6 +338,8 @@ class PartitionStore:
     def _change_visibility(self, txn: Txn, meta: Meta, command: dict[str, Any], now: int) -> list[dict[str, Any]]:
         entries = commands.parse_change_visibility(command)
         results: list[dict[str, Any]] = []
+        ended: _EndedLeases = {}
+        leased: dict[int, set[int]] = {}  # new deadline -> ids
         for ident, receive_count, visibility in entries:
             record = txn.get(keys.message(ident))
             head = None if record is None else records.header(record)
@@ -337,11 +349,20 @@ class PartitionStore:
                 continue
             assert record is not None
             deadline = now + visibility
-            txn.delete(keys.in_flight(head.timer, ident))
-            txn.put(keys.in_flight(deadline, ident), b"")
+            leased_here = leased.get(head.timer)
+            if leased_here is not None and ident in leased_here:  # an earlier entry of this command leased it
+                leased_here.discard(ident)
+            else:
+                ended.setdefault(head.timer, []).append(ident)
+            leased.setdefault(deadline, set()).add(ident)
             txn.put(keys.message(ident), records.with_header(
                 record, head, records.IN_FLIGHT, deadline, receive_count))
             results.append({"ok": True, "deadline": deadline})
+        # Ended first: a message may keep its deadline (or come back to it) and must stay leased there.
+        self._end_leases(txn, ended)
+        for deadline, ids in leased.items():
+            if ids:
+                self._lease(txn, deadline, list(ids))
         return results
 
     def _purge(self, txn: Txn, meta: Meta, command: dict[str, Any], now: int) -> dict[str, int]:
@@ -386,7 +407,7 @@ class PartitionStore:
         if meta.in_flight:
             counts["returned"], counts["dead_lettered"] = self._expire_visibility(txn, meta, now)
         else:
-            meta.in_flight_cursor = keys.in_flight(now, 0)
+            meta.in_flight_cursor = keys.in_flight(now)
         if meta.delayed:
             counts["due"] = self._release_delayed(txn, meta, now)
         else:
@@ -400,48 +421,60 @@ class PartitionStore:
     def _expire_retention(self, txn: Txn, meta: Meta, now: int) -> int:
         retention = meta.config.retention_ms
         expired = 0
+        ended: _EndedLeases = {}
         for key, record in txn.scan(keys.message(meta.message_low), keys.end_of(keys.MESSAGE)):
             ident = keys.id_of(key)
             meta.message_low = ident
             head = records.header(record)
             if expired == self._options.advance_limit:
                 meta.retention_due = now
-                return expired
+                break
             if head.enqueued_at + retention > now:
                 meta.retention_due = head.enqueued_at + retention  # later messages are younger
-                return expired
-            self._remove(txn, meta, ident, record, head)
+                break
+            self._remove(txn, meta, ident, record, head, ended)
             expired += 1
-        meta.message_low = meta.next_id
-        meta.retention_due = now + retention
+        else:
+            meta.message_low = meta.next_id
+            meta.retention_due = now + retention
+        self._end_leases(txn, ended)
         return expired
 
     def _expire_visibility(self, txn: Txn, meta: Meta, now: int) -> tuple[int, int]:
+        """Leases ending at or before `now`, in (deadline, id) order: each message back to ready, or to the
+        dead-letter records after max_receives deliveries."""
         returned = dead_lettered = 0
-        end = keys.in_flight(now + 1, 0)
-        for key, _ in txn.scan(meta.in_flight_cursor, end):
-            if returned + dead_lettered == self._options.advance_limit:
-                # From this deadline on: a lease changed later in this command may land at it with a lower id.
+        limit = self._options.advance_limit
+        dead: _EndedLeases = {}  # their entries are consumed here; kept for _remove's bookkeeping only
+        in_flight, ready = records.IN_FLIGHT, records.READY
+        for key, value in txn.scan(meta.in_flight_cursor, keys.in_flight(now + 1)):
+            deadline = keys.unpack_u64(key[1:9])
+            ids = keys.leased_ids(key, value)
+            handled = 0
+            for ident, record in zip(ids, txn.get_many([keys.message(ident) for ident in ids])):
+                if returned + dead_lettered == limit:
+                    break
+                handled += 1
+                head = None if record is None else records.header(record)
+                if head is None or head.state != in_flight or head.timer != deadline:
+                    continue  # only in a lease written by an older store version: the message moved on
+                assert record is not None
+                max_receives = meta.config.max_receives
+                if max_receives and head.receive_count >= max_receives:
+                    self._dead_letter(txn, meta, ident, record, head, now, dead)
+                    dead_lettered += 1
+                    continue
+                txn.put(keys.message(ident), records.with_header(record, head, ready, 0, head.receive_count))
+                meta.in_flight -= 1
+                meta.ready += 1
+                self._made_ready(txn, meta, ident, records.group_of(record, head))
+                returned += 1
+            if handled < len(ids):  # the limit: the rest of this lease waits for the next advance
+                txn.put(key, keys.pack_ids(ids[handled:]))
                 meta.in_flight_cursor = key[:9]
                 return returned, dead_lettered
-            _, ident = keys.time_and_id(key)
-            record = txn.get(keys.message(ident))
-            assert record is not None, ident
-            head = records.header(record)
-            assert head.state == records.IN_FLIGHT, (ident, head)
-            max_receives = meta.config.max_receives
-            if max_receives and head.receive_count >= max_receives:
-                self._dead_letter(txn, meta, ident, record, head, now)
-                dead_lettered += 1
-                continue
             txn.delete(key)
-            txn.put(keys.message(ident), records.with_header(
-                record, head, records.READY, 0, head.receive_count))
-            meta.in_flight -= 1
-            meta.ready += 1
-            self._made_ready(txn, meta, ident, records.group_of(record, head))
-            returned += 1
-        meta.in_flight_cursor = keys.in_flight(now, 0)
+        meta.in_flight_cursor = keys.in_flight(now)
         return returned, dead_lettered
 
     def _release_delayed(self, txn: Txn, meta: Meta, now: int) -> int:
@@ -507,11 +540,13 @@ class PartitionStore:
             meta.back_low = min(meta.back_low, ident)
         # else: still in the fresh range, where a receive finds it directly in M
 
-    def _remove(self, txn: Txn, meta: Meta, ident: int, record: bytes, head: records.Header) -> None:
-        """Remove a message in any state from every index; `head` is its record's header."""
+    def _remove(self, txn: Txn, meta: Meta, ident: int, record: bytes, head: records.Header,
+                ended: "_EndedLeases") -> None:
+        """Remove a message in any state from every index; `head` is its record's header. An in-flight message's
+        lease is added to `ended`, which the caller passes to _end_leases once it removed all it will."""
         state = head.state
         if state == records.IN_FLIGHT:
-            txn.delete(keys.in_flight(head.timer, ident))
+            ended.setdefault(head.timer, []).append(ident)
             meta.in_flight -= 1
         elif state == records.READY:
             meta.ready -= 1
@@ -529,14 +564,41 @@ class PartitionStore:
             self._group_remove_head(txn, meta, group, ident, was_ready=state == records.READY)
 
     def _dead_letter(self, txn: Txn, meta: Meta, ident: int, record: bytes, head: records.Header,
-                     now: int) -> None:
+                     now: int, ended: "_EndedLeases") -> None:
         letter = records.decode(ident, record)
         del letter["deadline"]
         letter["dead_lettered_at"] = now
-        self._remove(txn, meta, ident, record, head)
+        self._remove(txn, meta, ident, record, head, ended)
         txn.put(keys.dead(ident), msgpack.packb(letter))
         meta.dead_letters += 1
         meta.dead_low = min(meta.dead_low, ident)  # messages die in any id order
+
+    # ------------------------------------------------------------------ leases (the in-flight index)
+
+    @staticmethod
+    def _lease(txn: Txn, deadline: int, ids: list[int]) -> None:
+        """Index messages in flight until `deadline`: one entry per deadline, `I deadline -> ids`, so a receive
+        writes one index entry rather than one per message."""
+        key = keys.in_flight(deadline)
+        leased = txn.get(key)
+        if leased is not None:  # other leases end in the same millisecond
+            ids = [*ids, *keys.leased_ids(key, leased)]
+        txn.put(key, keys.pack_ids(sorted(set(ids))))
+
+    @staticmethod
+    def _end_leases(txn: Txn, ended: "_EndedLeases") -> None:
+        """Take messages out of their lease entries (deleted, dead-lettered, expired or given a new deadline)."""
+        for deadline, ids in ended.items():
+            key = keys.in_flight(deadline)
+            leased = txn.get(key)
+            if leased is None:  # consumed by the visibility step of this command
+                continue
+            gone = set(ids)
+            left = [ident for ident in keys.leased_ids(key, leased) if ident not in gone]
+            if left:
+                txn.put(key, keys.pack_ids(left))
+            else:
+                txn.delete(key)
 
     # ------------------------------------------------------------------ FIFO groups
 

@@ -62,17 +62,21 @@ def size_of(head: Header, record: bytes) -> int:
     return len(record) - HEADER_SIZE - group
 
 
-def delivered(ident: int, record: bytes, head: Header, receive_count: int, deadline: int) -> dict[str, Any]:
-    """The message as a receive returns it, from its record before the delivery was written."""
-    group_len, attrs_len = head.group_len, head.attrs_len
+def deliver(ident: int, record: bytes, deadline: int) -> tuple[bytes, dict[str, Any]]:
+    """One delivery of a ready message: its record in flight until `deadline` with the receive count raised, and
+    the message as a receive returns it. One header unpack for both (the hot path of every receive)."""
+    _, enqueued_at, _, receive_count, group_len, attrs_len = _HEADER.unpack_from(record)
+    receive_count += 1
     start = HEADER_SIZE + group_len - 1 if group_len else HEADER_SIZE
-    return {
+    updated = _HEADER.pack(IN_FLIGHT, enqueued_at, deadline, receive_count, group_len, attrs_len) + \
+        record[HEADER_SIZE:]
+    return updated, {
         "id": ident,
         "body": record[start + attrs_len:],
         "attrs": msgpack.unpackb(record[start:start + attrs_len]) if attrs_len else {},
         "group": record[HEADER_SIZE:start].decode() if group_len else None,
         "receive_count": receive_count,
-        "enqueued_at": head.enqueued_at,
+        "enqueued_at": enqueued_at,
         "deadline": deadline,
         "receipt": [ident, receive_count],
     }
