@@ -21,7 +21,7 @@ from .config import QueueConfig, updated_config
 from .db import DEFAULT_RESOURCES, SharedResources, open_partition_db, replace_with_checkpoint, unsynced_writes
 from .errors import BATCH_MISMATCH, QUEUE_FULL, RECEIPT_EXPIRED, CommandError
 from .meta import Meta
-from .txn import Txn, bounded
+from .txn import Txn, items_between
 
 _NO_GROUP_IN_FLIGHT = 0
 # Indexes a command may scan after adding keys to them (the advance step makes messages ready, then a receive
@@ -674,7 +674,7 @@ class PartitionStore:
             return []
         messages = []
         start = keys.message(max(self._meta.message_low, self._lowest_seen))
-        for key, record in self._database().items(from_key=start, read_opt=bounded(keys.end_of(keys.MESSAGE))):
+        for key, record in items_between(self._database(), start, keys.end_of(keys.MESSAGE)):
             if len(messages) == count:
                 break
             messages.append(records.decode(keys.id_of(key), record))
@@ -686,7 +686,7 @@ class PartitionStore:
     def dead_letters(self, limit: int) -> list[dict[str, Any]]:
         letters = []
         start = keys.dead(self._meta.dead_low)
-        for key, raw in self._database().items(from_key=start, read_opt=bounded(keys.end_of(keys.DEAD))):
+        for key, raw in items_between(self._database(), start, keys.end_of(keys.DEAD)):
             if len(letters) == limit:
                 break
             letters.append(msgpack.unpackb(raw))
@@ -715,7 +715,7 @@ class PartitionStore:
                          meta.retention_due if meta.count else None)
 
     def _first_key(self, start: bytes, prefix: bytes) -> bytes | None:
-        for key in self._database().keys(from_key=start, read_opt=bounded(keys.end_of(prefix))):
+        for key, _ in items_between(self._database(), start, keys.end_of(prefix)):
             return key
         return None
 

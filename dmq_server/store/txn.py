@@ -15,12 +15,16 @@ from rocksdict import Rdict, ReadOptions, WriteBatch, WriteOptions
 _DELETED = None
 
 
-def bounded(end: bytes) -> ReadOptions:
-    """Read options that stop an iterator at `end`. Without an upper bound a seek into a range of tombstones
-    runs on through them, and through every later prefix, until it finds a live key."""
+def items_between(db: Rdict, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """The database's (key, value) pairs with start <= key < end. The upper bound matters: without one, a seek
+    into a range of tombstones runs on through them, and through every later prefix, until it finds a live key.
+
+    A generator on purpose: its frame keeps the bound's bytes and options alive while the iterator runs.
+    rocksdict's iterator points into them without holding a reference (measured on 0.3.29: with both gone, an
+    iteration over 100 keys stopped after one)."""
     options = ReadOptions()
     options.set_iterate_upper_bound(end)
-    return options
+    yield from db.items(from_key=start, read_opt=options)
 
 
 class Txn:
@@ -72,11 +76,17 @@ class Txn:
 
     def scan(self, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Live (key, value) pairs with start <= key < end, in key order, as this command sees them."""
+        db_items = items_between(self._db, start, end)
+        if not self._overlay:  # nothing written yet (a delete's first read): nothing to merge
+            return db_items
+        return self._merged_scan(start, end, db_items)
+
+    def _merged_scan(self, start: bytes, end: bytes,
+                     db_items: Iterator[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
         written = self._written.get(start[0], ())
         pos = bisect.bisect_left(written, start)
         pending = written[pos:]
         overlay = self._overlay
-        db_items = self._db.items(from_key=start, read_opt=bounded(end))
         if not pending:  # the common case: nothing this command added lies in the range
             for key, value in db_items:
                 if key in overlay:
