@@ -91,6 +91,9 @@ def _attributes(value: Any) -> bytes:
         raise InvalidCommand(f"attributes cannot be encoded: {exc}") from None
 
 
+_new_message = tuple.__new__  # NewMessage(...) runs a Python __new__: 3x slower, once per message enqueued
+
+
 def parse_enqueue(command: dict[str, Any], config: QueueConfig) -> list[NewMessage]:
     messages = []
     for entry in _entries(command, "messages"):
@@ -103,13 +106,15 @@ def parse_enqueue(command: dict[str, Any], config: QueueConfig) -> list[NewMessa
             if config.fifo:
                 raise InvalidCommand("FIFO queues take no per-message delay; set the queue's delay_ms instead")
             int_field(delay, "delay_ms", 0, limits.MAX_DELAY_MS)
-        encoded_attrs = _attributes(attrs)
+        encoded_attrs = b"" if attrs is None else _attributes(attrs)
         size = len(body) + len(encoded_attrs)
         if size > config.max_message_bytes:
             raise MessageTooLarge(
                 f"message of {size} bytes (body and attributes) exceeds the queue's max_message_bytes "
                 f"of {config.max_message_bytes}; send a smaller message or raise the limit")
-        messages.append(NewMessage(body, encoded_attrs, delay, _key(dedup_id, "dedup_id"), _key(group, "group")))
+        messages.append(_new_message(NewMessage, (
+            body, encoded_attrs, delay, None if dedup_id is None else _key(dedup_id, "dedup_id"),
+            None if group is None else _key(group, "group"))))
     return messages
 
 

@@ -173,6 +173,8 @@ class PartitionStore:
                           now: int) -> list[dict[str, Any]]:
         config = meta.config
         results: list[dict[str, Any]] = []
+        room = config.max_messages - meta.count
+        put, message_key, encode, ready = txn.put, keys.message, records.encode, records.READY
         for message in messages:
             remembered_until = None
             if message.dedup_id is not None:
@@ -182,22 +184,22 @@ class PartitionStore:
                     if remembered_until > now:
                         results.append({"id": original, "duplicate": True})
                         continue
-            if meta.count >= config.max_messages:
+            if room <= 0:
                 results.append({"error": QUEUE_FULL})
                 continue
+            room -= 1
             ident = meta.next_id
             meta.next_id += 1
             delay = config.delay_ms if message.delay_ms is None else message.delay_ms
             group = (message.group or b"") if config.fifo else message.group
             if delay > 0:
                 visible_at = now + delay
-                txn.put(keys.message(ident), records.encode(
-                    records.DELAYED, now, visible_at, 0, group, message.attrs, message.body))
-                txn.put(keys.delayed(visible_at, ident), b"")
+                put(message_key(ident), encode(records.DELAYED, now, visible_at, 0, group, message.attrs,
+                                               message.body))
+                put(keys.delayed(visible_at, ident), b"")
                 meta.delayed += 1
             else:
-                txn.put(keys.message(ident), records.encode(
-                    records.READY, now, 0, 0, group, message.attrs, message.body))
+                put(message_key(ident), encode(ready, now, 0, 0, group, message.attrs, message.body))
                 meta.ready += 1
             meta.bytes += len(message.body) + len(message.attrs)
             if message.dedup_id is not None:

@@ -32,9 +32,10 @@ class Header(NamedTuple):
 
 def encode(state: int, enqueued_at: int, timer: int, receive_count: int, group: bytes | None, attrs: bytes,
            body: bytes) -> bytes:
-    group_len = 0 if group is None else len(group) + 1
-    header = _HEADER.pack(state, enqueued_at, timer, receive_count, group_len, len(attrs))
-    return b"".join((header, group or b"", attrs, body))
+    if group is None:
+        return _HEADER.pack(state, enqueued_at, timer, receive_count, 0, len(attrs)) + attrs + body
+    header = _HEADER.pack(state, enqueued_at, timer, receive_count, len(group) + 1, len(attrs))
+    return b"".join((header, group, attrs, body))
 
 
 _new_header = tuple.__new__
