@@ -263,9 +263,10 @@ class AsyncConnection:
         try:
             return _answer(await asyncio.wait_for(future, timeout))
         except asyncio.TimeoutError:
-            self._waiting.pop(request_id, None)
             raise Timeout(f"{op} got no answer from {self.address} within {timeout} s; the outcome is unknown") \
                 from None
+        finally:
+            self._waiting.pop(request_id, None)  # answered, timed out or cancelled: a late answer is dropped
 
     async def close(self) -> None:
         self._task.cancel()

@@ -28,6 +28,7 @@ ALIVE_MS = 5_000  # a node whose last heartbeat is older is not given new partit
 LEADER_WAIT_SECONDS = 10.0  # create_queue returns once every partition has a leader, or after this long
 SOURCE_QUEUE_ATTRIBUTE = "dmq-source-queue"  # set on messages moved to a dead-letter queue, read by redrive
 METADATA_TIMEOUT = 10.0
+FORWARD_LEADER_CHECK_SECONDS = 0.1  # a forwarded request checks this often that its partition's leader is unchanged
 READ_INDEX_SECONDS = 1.0  # a follower's metadata read waits at most this long for the leader and for catching up
 
 
@@ -307,11 +308,28 @@ class Broker:
         if op not in ("delete", "change_visibility"):  # these take no 'partition': their receipts name it
             args["partition"] = partition
         try:
-            return await self._peers.call(hint, op, args, on_behalf=principal)
+            return await self._forward(group_id, hint, op, args, principal)
         except RequestError as exc:
             if exc.code != ErrorCode.NOT_LEADER or not exc.leader or exc.leader == hint:
                 raise
-            return await self._peers.call(exc.leader, op, args, on_behalf=principal)
+            return await self._forward(group_id, exc.leader, op, args, principal)
+
+    async def _forward(self, group_id: str, address: str, op: str, args: dict[str, Any], principal: str) -> Any:
+        """`op` at the partition leader at `address`. When this node learns of another leader meanwhile, the answer
+        is Unavailable at once, outcome unknown (the SDK retries, a send under its batch id): a request forwarded
+        to a leader that was then cut off would otherwise wait for the link to heal."""
+        call = asyncio.ensure_future(self._peers.call(address, op, args, on_behalf=principal))
+        try:
+            while True:
+                done, _ = await asyncio.wait((call,), timeout=FORWARD_LEADER_CHECK_SECONDS)
+                if done:
+                    return call.result()
+                leader = self.topology.leader_of(group_id)
+                if leader is not None and leader.client != address:
+                    raise RequestError(ErrorCode.UNAVAILABLE, f"{op} was forwarded to {address}, which no longer "
+                                       f"leads the partition; its outcome is unknown, retry")
+        finally:
+            call.cancel()
 
     def _partition_count(self, record: dict[str, Any], requested: int | None) -> int:
         count = len(record["partitions"])
