@@ -175,6 +175,7 @@ class PartitionStore:
         results: list[dict[str, Any]] = []
         room = config.max_messages - meta.count
         put, message_key, encode, ready = txn.put, keys.message, records.encode, records.READY
+        bare_header = encode(ready, now, 0, 0, None, b"", b"")  # a ready message without group or attributes
         for message in messages:
             remembered_until = None
             if message.dedup_id is not None:
@@ -199,7 +200,8 @@ class PartitionStore:
                 put(keys.delayed(visible_at, ident), b"")
                 meta.delayed += 1
             else:
-                put(message_key(ident), encode(ready, now, 0, 0, group, message.attrs, message.body))
+                put(message_key(ident), bare_header + message.body if group is None and not message.attrs
+                    else encode(ready, now, 0, 0, group, message.attrs, message.body))
                 meta.ready += 1
             meta.bytes += len(message.body) + len(message.attrs)
             if message.dedup_id is not None:
