@@ -75,7 +75,9 @@ class Txn:
             bisect.insort(keys, key)
 
     def scan(self, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
-        """Live (key, value) pairs with start <= key < end, in key order, as this command sees them."""
+        """Live (key, value) pairs with start <= key < end, in key order, as this command saw them when the scan
+        began. A caller may write the key just yielded or keys of other prefixes while it iterates; a write to a
+        key the scan has not reached yet may go unseen (no command does that)."""
         db_items = items_between(self._db, start, end)
         if not self._overlay:  # nothing written yet (a delete's first read): nothing to merge
             return db_items
