@@ -366,7 +366,7 @@ class PartitionStore:
         self._end_leases(txn, ended)
         for deadline, ids in leased.items():
             if ids:
-                self._lease(txn, deadline, list(ids))
+                self._lease(txn, deadline, sorted(ids))
         return results
 
     def _purge(self, txn: Txn, meta: Meta, command: dict[str, Any], now: int) -> dict[str, int]:
@@ -582,12 +582,12 @@ class PartitionStore:
     @staticmethod
     def _lease(txn: Txn, deadline: int, ids: list[int]) -> None:
         """Index messages in flight until `deadline`: one entry per deadline, `I deadline -> ids`, so a receive
-        writes one index entry rather than one per message."""
+        writes one index entry rather than one per message. `ids` are ascending (a receive picks in id order)."""
         key = keys.in_flight(deadline)
         leased = txn.get(key)
         if leased is not None:  # other leases end in the same millisecond
-            ids = [*ids, *keys.leased_ids(key, leased)]
-        txn.put(key, keys.pack_ids(sorted(set(ids))))
+            ids = sorted({*ids, *keys.leased_ids(key, leased)})
+        txn.put(key, keys.pack_ids(ids))
 
     @staticmethod
     def _end_leases(txn: Txn, ended: "_EndedLeases") -> None:
