@@ -27,6 +27,7 @@ from typing import Any
 
 from . import protocol
 from .batching import Coalescer
+from .concurrency import await_all
 from .connection import CLIENT_NAME
 from .errors import DmqError, InvalidReceipt, QueueNotFound, error_from, raise_for_batch
 from .leases import LeaseKeeper
@@ -178,7 +179,7 @@ class AsyncClient:
             for index, outcome in zip(indexes, outcomes):
                 results[index] = outcome
 
-        await asyncio.gather(*(one(partition, indexes) for partition, indexes in requests))
+        await await_all([one(partition, indexes) for partition, indexes in requests])
         return raise_for_batch(f"send_batch to {queue!r}", results)  # type: ignore[return-value]
 
     def _keyed_partition(self, route: QueueRoute, message: dict[str, Any]) -> int | None:
@@ -254,7 +255,7 @@ class AsyncClient:
                 for index, outcome in zip(chunk, outcomes):
                     results[index] = outcome
 
-        await asyncio.gather(*(one(p, ix) for p, ix in by_partition.items()))
+        await await_all([one(p, ix) for p, ix in by_partition.items()])
         raise_for_batch(f"delete_batch on {queue!r}", results)
 
     async def _delete_one(self, message: AsyncMessage) -> None:

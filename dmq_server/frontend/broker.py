@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from dmq_client import protocol
+from dmq_client.concurrency import await_all
 from dmq_client.protocol import ErrorCode
 from dmq_server.metadata.placement import place_partitions
 from dmq_server.raft.group import RaftUnavailable
@@ -379,7 +380,7 @@ class Broker:
             for index, answer in zip(indexes, answers):
                 results[index] = answer
 
-        await asyncio.gather(*(send_to(p, indexes) for p, indexes in by_partition.items()))
+        await await_all([send_to(p, indexes) for p, indexes in by_partition.items()])
         if not forwarded:
             self._metrics.messages("sent", record["name"], principal,
                                    sum(1 for r in results if "error" not in r and not r.get("duplicate")))
@@ -472,7 +473,7 @@ class Broker:
             for index, answer in zip(indexes, answers):
                 results[index] = answer
 
-        await asyncio.gather(*(delete_in(p, ix) for p, ix in self._by_partition(record, list(request.receipts)).items()))
+        await await_all([delete_in(p, ix) for p, ix in self._by_partition(record, list(request.receipts)).items()])
         if not forwarded:
             self._metrics.messages("deleted", record["name"], principal, sum(1 for r in results if r.get("ok")))
         return results
@@ -492,7 +493,7 @@ class Broker:
             for index, answer in zip(indexes, answers):
                 results[index] = answer
 
-        await asyncio.gather(*(change_in(p, ix) for p, ix in self._by_partition(record, receipts).items()))
+        await await_all([change_in(p, ix) for p, ix in self._by_partition(record, receipts).items()])
         return results
 
     async def _redrive(self, request: rq.Redrive, identity: Identity, principal: str, forwarded: bool) -> Any:
