@@ -25,6 +25,7 @@ BACKOFF_FIRST = 0.02  # seconds; doubles per failed attempt
 BACKOFF_MAX = 1.0
 MAX_ATTEMPTS = 1_000  # a bound on any retry loop, besides its deadline
 LEADERLESS_RECHECK = 0.5  # seconds: how soon a route that named a partition without a leader is looked up again
+SUSPECT_SECONDS = 2.0  # a node whose request failed (Unavailable, timeout, no connection) is asked last this long
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Router:
         self._routes: dict[str, QueueRoute] = {}
         self._stale: dict[str, bool] = {}  # queues to look up again before the next attempt
         self._seed_turn = random.randrange(len(seeds))
+        self._suspect_until: dict[str, float] = {}  # address -> monotonic time its suspicion ends
         self._rechecks: set[asyncio.Future[None]] = set()
         self._closed = False
 
@@ -97,8 +99,16 @@ class Router:
         return await asyncio.shield(opening)
 
     def any_node(self) -> str:
-        """A seed, in turn: each attempt of a retry loop asks the next one, so a dead seed costs one attempt."""
-        self._seed_turn += 1
+        """A seed, in turn, passing over the ones that failed a request in the last SUSPECT_SECONDS while another
+        is left. A node cut off from the majority knows no leader and answers Unavailable until the network heals:
+        without this, every retry that reached it cost a backoff, and the backoffs grew."""
+        now = time.monotonic()
+        for _ in range(len(self.seeds)):
+            self._seed_turn += 1
+            address = self.seeds[self._seed_turn % len(self.seeds)]
+            if self._suspect_until.get(address, 0.0) <= now:
+                return address
+        self._seed_turn += 1  # every seed is suspect: ask them in turn as before
         return self.seeds[self._seed_turn % len(self.seeds)]
 
     async def close(self) -> None:
@@ -131,8 +141,14 @@ class Router:
         raise Unavailable(f"{what}: gave up after {MAX_ATTEMPTS} attempts")
 
     async def call(self, address: str, op: str, args: dict[str, Any], timeout: float | None = None) -> Any:
-        conn = await self.connection(address)
-        return await conn.call(op, args, self.request_timeout if timeout is None else timeout)
+        try:
+            conn = await self.connection(address)
+            result = await conn.call(op, args, self.request_timeout if timeout is None else timeout)
+        except (Unavailable, Timeout):
+            self._suspect_until[address] = time.monotonic() + SUSPECT_SECONDS
+            raise
+        self._suspect_until.pop(address, None)
+        return result
 
     async def call_any(self, op: str, args: dict[str, Any], timeout: float | None = None) -> Any:
         """An operation any node serves (metadata, cluster status): a seed per attempt, retried."""
