@@ -98,15 +98,18 @@ class Router:
             return conn
         return await asyncio.shield(opening)
 
+    def suspect(self, address: str) -> bool:
+        """Whether a request to `address` failed (Unavailable, timeout, no connection) in the last SUSPECT_SECONDS.
+        A node cut off from the majority answers Unavailable until the network heals: retries that went back to
+        it cost a backoff each, and the backoffs grew, so the others are asked first."""
+        return self._suspect_until.get(address, 0.0) > time.monotonic()
+
     def any_node(self) -> str:
-        """A seed, in turn, passing over the ones that failed a request in the last SUSPECT_SECONDS while another
-        is left. A node cut off from the majority knows no leader and answers Unavailable until the network heals:
-        without this, every retry that reached it cost a backoff, and the backoffs grew."""
-        now = time.monotonic()
+        """A seed, in turn, passing over suspect ones while another is left."""
         for _ in range(len(self.seeds)):
             self._seed_turn += 1
             address = self.seeds[self._seed_turn % len(self.seeds)]
-            if self._suspect_until.get(address, 0.0) <= now:
+            if not self.suspect(address):
                 return address
         self._seed_turn += 1  # every seed is suspect: ask them in turn as before
         return self.seeds[self._seed_turn % len(self.seeds)]
@@ -224,7 +227,9 @@ class Router:
         return await self.retrying(attempt, f"{op} on {queue!r}", deadline)
 
     def _address_for(self, route: QueueRoute, partition: int | None) -> str:
+        """A leader of the partition (any partition for None) that is not suspect; else a seed, which forwards."""
         if partition is None:
-            known = [leader for leader in route.leaders if leader]
-            return random.choice(known) if known else self.any_node()
-        return route.leaders[partition] or self.any_node()
+            leaders = [leader for leader in route.leaders if leader and not self.suspect(leader)]
+            return random.choice(leaders) if leaders else self.any_node()
+        leader = route.leaders[partition]
+        return leader if leader and not self.suspect(leader) else self.any_node()

@@ -107,3 +107,23 @@ def test_retries_do_not_return_to_a_cut_off_node(clock: Clock, monkeypatch: pyte
         answer = asyncio.run(router.on_partition("orders", 0, "receive", {}))
         assert answer["served_by"] != CUT_OFF
     assert calls.count(CUT_OFF) <= 1, calls
+
+
+def test_a_request_to_any_partition_avoids_a_suspect_leader(clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unkeyed send goes to any partition's leader: a cached route still naming the cut-off node as a leader
+    (the cluster's metadata may lag the election) does not send the retries back to it."""
+    async def no_sleep(seconds: float) -> None:
+        clock.now += seconds
+
+    monkeypatch.setattr(routing.asyncio, "sleep", no_sleep)
+    calls: list[str] = []
+    router = make_router({CUT_OFF: Unavailable("no leader here")}, calls)
+
+    async def stale_lookup(queue: str, refresh: bool = False) -> routing.QueueRoute:
+        return routing.QueueRoute("orders", 1, {}, [CUT_OFF, SEEDS[1], SEEDS[2]])
+
+    router.route = stale_lookup  # type: ignore[method-assign]
+    for _ in range(20):
+        answer = asyncio.run(router.on_partition("orders", None, "send", {}))
+        assert answer["served_by"] != CUT_OFF
+    assert calls.count(CUT_OFF) <= 1, calls
