@@ -86,7 +86,7 @@ class LocalPartition:
     async def send(self, messages: list[OutgoingMessage], batch_id: str | None = None) -> list[dict[str, Any]]:
         """`batch_id`: the send's idempotency key; a retry within the dedup window gets the first results again,
         each marked duplicate, and enqueues nothing."""
-        entries = [message.entry() for message in messages]
+        entries = list(messages)  # each is the store's enqueue entry already
         try:  # the store's own checks, per request, so one bad request cannot fail the ones it is coalesced with
             store_commands.parse_enqueue({"messages": entries}, self.config)
         except CommandError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 from dmq_client.protocol import ErrorCode, parse_receipt
 from dmq_server.store import config as store_config
@@ -88,17 +88,15 @@ class ListQueues:
     prefix: str
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class OutgoingMessage:
+class OutgoingMessage(NamedTuple):
+    """A message to enqueue. A tuple in the order of the partition store's enqueue entry, so a send's messages go
+    into its command as they are (a NamedTuple: built per message, it costs a fifth of a frozen dataclass)."""
+
     body: bytes
     attributes: dict[str, Any] | None
     delay_ms: int | None
     dedup_id: str | None
     group: str | None
-
-    def entry(self) -> list[Any]:
-        """The partition store's enqueue entry."""
-        return [self.body, self.attributes, self.delay_ms, self.dedup_id, self.group]
 
     def size(self) -> int:
         return len(self.body) + 64 * len(self.attributes or ()) + 256  # an upper bound of its share of a command
@@ -122,8 +120,7 @@ class Receive:
     max_bytes: int = RECEIVE_BYTES_BUDGET  # of message records in the answer (it must fit a frame)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Receipt:
+class Receipt(NamedTuple):
     queue_id: int
     partition: int
     sequence: int
@@ -269,6 +266,10 @@ def parse_attributes(value: Any, *, max_partitions: int) -> QueueAttributes:
 
 
 def _message(value: Any) -> OutgoingMessage:
+    if type(value) is dict and len(value) == 1:  # the common message, a body alone: no field to check but it
+        body = value.get("body")
+        if type(body) is bytes:
+            return OutgoingMessage(body, None, None, None, None)
     if not isinstance(value, dict):
         raise invalid("each message must be a map with at least 'body'")
     _only(value, "message", ("body", "attributes", "delay_ms", "dedup_id", "group"))

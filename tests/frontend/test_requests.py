@@ -89,7 +89,7 @@ def test_list_queues():
 def test_send_minimal():
     request = parse("send", {"queue": "q", "messages": [{"body": b"x"}]})
     assert request == rq.Send("q", (rq.OutgoingMessage(b"x", None, None, None, None),), None)
-    assert request.messages[0].entry() == [b"x", None, None, None, None]
+    assert list(request.messages[0]) == [b"x", None, None, None, None]  # the store's enqueue entry, as it is
 
 
 def test_send_full():
