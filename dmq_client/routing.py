@@ -25,7 +25,6 @@ BACKOFF_FIRST = 0.02  # seconds; doubles per failed attempt
 BACKOFF_MAX = 1.0
 MAX_ATTEMPTS = 1_000  # a bound on any retry loop, besides its deadline
 LEADERLESS_RECHECK = 0.5  # seconds: how soon a route that named a partition without a leader is looked up again
-SUSPECT_SECONDS = 2.0  # a node whose request failed (Unavailable, timeout, no connection) is asked last this long
 
 
 @dataclass
@@ -72,7 +71,6 @@ class Router:
         self._routes: dict[str, QueueRoute] = {}
         self._stale: dict[str, bool] = {}  # queues to look up again before the next attempt
         self._seed_turn = random.randrange(len(seeds))
-        self._suspect_until: dict[str, float] = {}  # address -> monotonic time its suspicion ends
         self._rechecks: set[asyncio.Future[None]] = set()
         self._closed = False
 
@@ -98,20 +96,9 @@ class Router:
             return conn
         return await asyncio.shield(opening)
 
-    def suspect(self, address: str) -> bool:
-        """Whether a request to `address` failed (Unavailable, timeout, no connection) in the last SUSPECT_SECONDS.
-        A node cut off from the majority answers Unavailable until the network heals: retries that went back to
-        it cost a backoff each, and the backoffs grew, so the others are asked first."""
-        return self._suspect_until.get(address, 0.0) > time.monotonic()
-
     def any_node(self) -> str:
-        """A seed, in turn, passing over suspect ones while another is left."""
-        for _ in range(len(self.seeds)):
-            self._seed_turn += 1
-            address = self.seeds[self._seed_turn % len(self.seeds)]
-            if not self.suspect(address):
-                return address
-        self._seed_turn += 1  # every seed is suspect: ask them in turn as before
+        """A seed, in turn: each attempt of a retry loop asks the next one, so a dead seed costs one attempt."""
+        self._seed_turn += 1
         return self.seeds[self._seed_turn % len(self.seeds)]
 
     async def close(self) -> None:
@@ -144,14 +131,8 @@ class Router:
         raise Unavailable(f"{what}: gave up after {MAX_ATTEMPTS} attempts")
 
     async def call(self, address: str, op: str, args: dict[str, Any], timeout: float | None = None) -> Any:
-        try:
-            conn = await self.connection(address)
-            result = await conn.call(op, args, self.request_timeout if timeout is None else timeout)
-        except (Unavailable, Timeout):
-            self._suspect_until[address] = time.monotonic() + SUSPECT_SECONDS
-            raise
-        self._suspect_until.pop(address, None)
-        return result
+        conn = await self.connection(address)
+        return await conn.call(op, args, self.request_timeout if timeout is None else timeout)
 
     async def call_any(self, op: str, args: dict[str, Any], timeout: float | None = None) -> Any:
         """An operation any node serves (metadata, cluster status): a seed per attempt, retried."""
@@ -227,9 +208,7 @@ class Router:
         return await self.retrying(attempt, f"{op} on {queue!r}", deadline)
 
     def _address_for(self, route: QueueRoute, partition: int | None) -> str:
-        """A leader of the partition (any partition for None) that is not suspect; else a seed, which forwards."""
         if partition is None:
-            leaders = [leader for leader in route.leaders if leader and not self.suspect(leader)]
-            return random.choice(leaders) if leaders else self.any_node()
-        leader = route.leaders[partition]
-        return leader if leader and not self.suspect(leader) else self.any_node()
+            known = [leader for leader in route.leaders if leader]
+            return random.choice(known) if known else self.any_node()
+        return route.leaders[partition] or self.any_node()
