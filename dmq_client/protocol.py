@@ -162,12 +162,13 @@ def receipt(queue_id: int, partition: int, sequence: int, receive_count: int) ->
 
 def parse_receipt(text: Any) -> tuple[int, int, int, int] | None:
     """(queue id, partition, sequence, receive count), or None when `text` is not a receipt."""
-    if not isinstance(text, str) or len(text) > 80:
+    if not isinstance(text, str) or len(text) > 80 or not text.isascii():
         return None
     parts = text.split(".")
-    if len(parts) != 4 or not all(part.isascii() and part.isdigit() for part in parts):
+    # On ASCII text isdigit means [0-9]+: no sign, space, underscore or other script's digits reach int().
+    if len(parts) != 4 or not text.replace(".", "").isdigit() or "" in parts:
         return None
-    queue_id, partition, sequence, count = (int(part) for part in parts)
+    queue_id, partition, sequence, count = map(int, parts)
     if sequence < 1 or count < 1 or sequence >= 2**63 or count >= 2**32 or queue_id >= 2**63 or partition >= 2**16:
         return None
     return queue_id, partition, sequence, count
