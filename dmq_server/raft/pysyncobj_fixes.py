@@ -36,6 +36,9 @@ dmq depends on the published pysyncobj package, unmodified. What it needs change
    * ``__onBecomeLeader`` and ``_onTick`` are wrapped (not copied) to fsync the log: at the top of every tick,
      before the leader counts its own entries toward commit (so "committed" means "durable on a majority"), and
      right after a new leader appended its no-op (a one-node group computes its commit in the same tick).
+   * Pre-vote (Raft thesis §9.6): the ``_onTick`` wrapper holds a ``pre_vote`` round before any election, and
+     ``__onMessageReceived`` answers it without changing a term. A replica cut off from the others no longer
+     deposes a healthy leader with a higher term when the network heals.
 
 2. :func:`install`, process-wide and idempotent, called explicitly by dmq's startup code (never on import):
 
@@ -117,6 +120,8 @@ def _targets():
         "SyncObj.__sendNextNodeIdx": S._SyncObj__sendNextNodeIdx,
         "SyncObj.__setCurrentTerm": S._SyncObj__setCurrentTerm,
         "SyncObj.__getPrevLogIndexTerm": S._SyncObj__getPrevLogIndexTerm,
+        "SyncObj.__connectedToAnyone": S._SyncObj__connectedToAnyone,
+        "SyncObj.__generateRaftTimeout": S._SyncObj__generateRaftTimeout,
         "journal.Journal": _ps_journal.Journal,
         "tcp_connection.TcpConnection.send": _ps_tcp.TcpConnection.send,
     }
@@ -156,6 +161,8 @@ FINGERPRINTS = {
     "SyncObj.__sendNextNodeIdx": "68aaeefc267b8896",
     "SyncObj.__setCurrentTerm": "0ad5bf456ac06bd3",
     "SyncObj.__getPrevLogIndexTerm": "6766914806ae2311",
+    "SyncObj.__connectedToAnyone": "acd40e9e3ac6c4cc",
+    "SyncObj.__generateRaftTimeout": "92ed37d3620e781a",
     "journal.Journal": "8375f2a66c8600e6",
     "tcp_connection.TcpConnection.send": "cb29077c32990abb",
     "pickle.__protocol": "2",
@@ -252,6 +259,10 @@ class SyncObj(_StockSyncObj):
         self._dmq_pendingReplies = []
         self._dmq_truncations = 0  # conflict truncations performed (metrics / tests)
         self._dmq_refusedConflicts = 0  # conflicts at or below the commit index that were refused
+        self._dmq_preVoteTerm = None  # the term the pre-vote round under way asks about (None: no round)
+        self._dmq_preVotes = 0  # grants in that round, this node's own included
+        self._dmq_preVoteWon = False  # a majority granted: this tick starts the real election
+        self._dmq_leaderContact = 0.0  # monotonic time of the last append_entries from the current leader
         super().__init__(*args, **kwargs)
 
     # -- durability hooks ----------------------------------------------------------------------------------------
@@ -288,6 +299,7 @@ class SyncObj(_StockSyncObj):
         # follower acknowledgement leaves.
         self._dmq_syncAndReply()
         self._dmq_afterSync()
+        self._dmq_preVoteTick()
         super()._onTick(timeToWait)
 
     def _dmq_afterSync(self):
@@ -298,6 +310,71 @@ class SyncObj(_StockSyncObj):
         _StockSyncObj._SyncObj__onBecomeLeader(self)
         # DMQ: the no-op is durable before a one-node group counts it toward commit later in this tick.
         self._dmq_syncLog()
+
+    # -- pre-vote (Raft thesis §9.6) ------------------------------------------------------------------------------
+
+    # DMQ: stock pysyncobj starts an election, with a new term, whenever its election timeout has passed and it is
+    # connected to a peer. A replica cut off from the others campaigns the moment a connection comes back (or all
+    # along, where the cut leaves connections open), and its vote request's higher term deposes a healthy leader:
+    # one needless election per heal, seen in the fault tests. Before a real election a replica now asks the
+    # others whether they would vote for it, without changing any term. They say yes only if its log is at least
+    # as up to date as theirs and they have not heard from a leader within the minimum election timeout. A cut-off
+    # replica gets no majority and keeps its term; after the heal it follows the leader's append_entries. A
+    # leadership transfer (timeout_now) skips the round.
+    # Replicas of other versions ignore 'pre_vote': every replica of a group must run this code.
+
+    def _dmq_preVoteTick(self):
+        """At the top of a tick: when the election timeout has passed, hold a pre-vote round instead of the
+        election; the stock tick then finds the deadline moved and starts nothing. After a won round the stock
+        tick starts the election (the deadline was set to 0)."""
+        if self._dmq_preVoteWon:
+            self._dmq_preVoteWon = False
+            return
+        if self.__selfNode is None or not self.__otherNodes or self.__transferInProgress:
+            return
+        if self.__raftState not in (_RAFT_STATE.FOLLOWER, _RAFT_STATE.CANDIDATE):
+            return
+        now = monotonicTime()
+        if self.__raftElectionDeadline >= now or not self.__connectedToAnyone():
+            return
+        self.__raftElectionDeadline = now + self.__generateRaftTimeout()
+        self._dmq_preVoteTerm = self.__raftCurrentTerm + 1
+        self._dmq_preVotes = 1
+        for node in self.__otherNodes:
+            self.__transport.send(node, {
+                'type': 'pre_vote',
+                'term': self._dmq_preVoteTerm,
+                'last_log_index': self.__getCurrentLogIndex(),
+                'last_log_term': self.__getCurrentLogTerm(),
+            })
+
+    def _dmq_grantsPreVote(self, message):
+        if message['term'] <= self.__raftCurrentTerm or self.__raftState == _RAFT_STATE.LEADER:
+            return False
+        if self.__raftLeader is not None and \
+                monotonicTime() - self._dmq_leaderContact < self.__conf.raftMinTimeout:
+            return False  # the leader is alive as far as this replica knows
+        lastLogTerm = self.__getCurrentLogTerm()
+        return message['last_log_term'] > lastLogTerm or (
+            message['last_log_term'] == lastLogTerm and message['last_log_index'] >= self.__getCurrentLogIndex())
+
+    def _dmq_onPreVoteResponse(self, message):
+        if self.__raftState == _RAFT_STATE.LEADER:
+            return
+        if message['current_term'] > self.__raftCurrentTerm:
+            # The group's term moved on without this replica (a vote request would have told it): catch up, so
+            # that its next round asks about a term the others can grant.
+            self.__setCurrentTerm(message['current_term'], None)
+            self.__setState(_RAFT_STATE.FOLLOWER)
+            self._dmq_preVoteTerm = None
+            return
+        if not message['granted'] or message['term'] != self._dmq_preVoteTerm:
+            return
+        self._dmq_preVotes += 1
+        if self._dmq_preVotes > (len(self.__otherNodes) + 1) / 2:
+            self._dmq_preVoteTerm = None
+            self._dmq_preVoteWon = True
+            self.__raftElectionDeadline = 0
 
     # -- applying (copy of pysyncobj 0.3.17, bounded per tick) ---------------------------------------------------
 
@@ -453,6 +530,19 @@ class SyncObj(_StockSyncObj):
 
     def __onMessageReceived(self, node, message):
 
+        # DMQ: pre-vote (see _dmq_preVoteTick); answering one changes nothing here
+        if message['type'] == 'pre_vote' and self.__selfNode is not None:
+            self.__transport.send(node, {
+                'type': 'response_pre_vote',
+                'term': message['term'],
+                'granted': self._dmq_grantsPreVote(message),
+                'current_term': self.__raftCurrentTerm,
+            })
+            return
+        if message['type'] == 'response_pre_vote':
+            self._dmq_onPreVoteResponse(message)
+            return
+
         if message['type'] == 'timeout_now' and self.__selfNode is not None:
             # Graceful leadership transfer (Raft 'TimeoutNow'): trigger an
             # immediate election, but only on request of the current leader.
@@ -499,6 +589,8 @@ class SyncObj(_StockSyncObj):
             if self.__raftLeader != node:
                 self.__onLeaderChanged()
             self.__raftLeader = node
+            self._dmq_leaderContact = monotonicTime()  # DMQ: pre-vote
+            self._dmq_preVoteTerm = None
             if message['term'] > self.__raftCurrentTerm:
                 self.__setCurrentTerm(message['term'], None)
             self.__setState(_RAFT_STATE.FOLLOWER)

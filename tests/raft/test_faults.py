@@ -261,6 +261,33 @@ def test_isolated_replica_majority_serves_and_replica_converges_after_heal(harne
         proxy.stop()
 
 
+@pytest.mark.timeout(120)
+def test_a_replica_cut_off_keeps_its_term_and_does_not_depose_the_leader(harness_factory) -> None:
+    """Pre-vote: a replica cut off from the others for several election timeouts asks them before it campaigns,
+    gets no majority and keeps its term; after the heal it follows the leader. With stock pysyncobj it campaigned
+    as soon as it was connected again (its election timeout long past), and its higher term deposed the healthy
+    leader: this test failed with every term at 2 instead of 1."""
+    proxy = FaultProxy(3)
+    try:
+        h = harness_factory(proxy=proxy)
+        h.cluster.wait_converged(timeout=30)
+        leader = h.cluster.wait_leader(timeout=30)
+        victim = next(n for n in h.nodes if n is not leader)
+        term = leader.call("status")["term"]
+        assert victim.call("status")["term"] == term
+        proxy.isolate(victim.address)
+        time.sleep(3.0)  # at least 6 election timeouts (0.3-0.45 s)
+        assert victim.call("status")["term"] == term, "the cut-off replica raised its term"
+        proxy.heal()
+        h.cluster.wait_converged(nodes=h.nodes, timeout=30)
+        time.sleep(1.0)  # a vote request sent at the heal has arrived by now
+        terms = {i: status["term"] for i, status in h.cluster.statuses().items()}
+        assert terms == {0: term, 1: term, 2: term}, terms
+        assert h.cluster.wait_leader(timeout=5) is leader
+    finally:
+        proxy.stop()
+
+
 @pytest.mark.timeout(200)
 def test_deposed_leader_with_a_divergent_tail_rejoins(harness_factory) -> None:
     """A leader cut off from the others appends a command that never reaches them; the others elect a new leader
