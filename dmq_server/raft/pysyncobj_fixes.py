@@ -122,6 +122,7 @@ def _targets():
         "SyncObj.__getPrevLogIndexTerm": S._SyncObj__getPrevLogIndexTerm,
         "SyncObj.__connectedToAnyone": S._SyncObj__connectedToAnyone,
         "SyncObj.__generateRaftTimeout": S._SyncObj__generateRaftTimeout,
+        "SyncObj.__onLeaderChanged": S._SyncObj__onLeaderChanged,
         "journal.Journal": _ps_journal.Journal,
         "tcp_connection.TcpConnection.send": _ps_tcp.TcpConnection.send,
     }
@@ -163,6 +164,7 @@ FINGERPRINTS = {
     "SyncObj.__getPrevLogIndexTerm": "6766914806ae2311",
     "SyncObj.__connectedToAnyone": "acd40e9e3ac6c4cc",
     "SyncObj.__generateRaftTimeout": "92ed37d3620e781a",
+    "SyncObj.__onLeaderChanged": "53b7685e1d897887",
     "journal.Journal": "8375f2a66c8600e6",
     "tcp_connection.TcpConnection.send": "cb29077c32990abb",
     "pickle.__protocol": "2",
@@ -338,6 +340,9 @@ class SyncObj(_StockSyncObj):
         if self.__raftElectionDeadline >= now or not self.__connectedToAnyone():
             return
         self.__raftElectionDeadline = now + self.__generateRaftTimeout()
+        # as stock does when it starts an election: the leader is presumed gone, and its address no longer given
+        self.__raftLeader = None
+        self.__onLeaderChanged()
         self._dmq_preVoteTerm = self.__raftCurrentTerm + 1
         self._dmq_preVotes = 1
         for node in self.__otherNodes:
