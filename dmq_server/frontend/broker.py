@@ -316,9 +316,9 @@ class Broker:
             return await self._forward(group_id, exc.leader, op, args, principal)
 
     async def _forward(self, group_id: str, address: str, op: str, args: dict[str, Any], principal: str) -> Any:
-        """`op` at the partition leader at `address`. When this node learns of another leader meanwhile, the answer
-        is Unavailable at once, outcome unknown (the SDK retries, a send under its batch id): a request forwarded
-        to a leader that was then cut off would otherwise wait for the link to heal."""
+        """`op` at the partition leader at `address`. When this node learns of another leader meanwhile, or no
+        longer knows one, the answer is Unavailable at once, outcome unknown (the SDK retries, a send under its
+        batch id): a request forwarded over a link that was then cut would otherwise wait for it to heal."""
         call = asyncio.ensure_future(self._peers.call(address, op, args, on_behalf=principal))
         try:
             while True:
@@ -326,9 +326,10 @@ class Broker:
                 if done:
                     return call.result()
                 leader = self.topology.leader_of(group_id)
-                if leader is not None and leader.client != address:
+                if leader is None or leader.client != address:
                     raise RequestError(ErrorCode.UNAVAILABLE, f"{op} was forwarded to {address}, which no longer "
-                                       f"leads the partition; its outcome is unknown, retry")
+                                       f"leads the partition as far as this node knows; its outcome is unknown, "
+                                       f"retry")
         finally:
             call.cancel()
 

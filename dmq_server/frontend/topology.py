@@ -90,18 +90,16 @@ class Topology:
     # ------------------------------------------------------------------ partitions
 
     def leader_of(self, group_id: str) -> Peer | None:
-        """The node leading a partition: from the local replica's Raft state when this node hosts one (fresh),
-        else from the leaders the nodes last reported in their heartbeats. A hosted replica that is not the leader
-        never names this node from those reports: they are stale (a leader cut off from its majority stepped down
-        but cannot report it), and clients sent there would come back until the partition healed."""
+        """The node leading a partition: from the local replica's Raft state when this node hosts one, else from
+        the leaders the nodes last reported in their heartbeats. A hosted replica is never overruled by those
+        reports: when it hears no leader (an election, or this node cut off from the others), the reported one is
+        stale or unreachable from here, and requests forwarded to it would wait until the partition healed."""
         group = self.groups.get(group_id)
         if group is not None:
             if group.is_leader():
                 return self.peers[self.node_id]
-            peer = self.peer_of_raft(group.leader_address())
-            if peer is not None:
-                return peer
+            return self.peer_of_raft(group.leader_address())
         node_id = self.view().leaders.get(group_id)
-        if node_id is None or (group is not None and node_id == self.node_id):
+        if node_id is None or node_id == self.node_id:  # it does not host the partition: a stale report
             return None
         return self.peers.get(node_id)
