@@ -91,15 +91,19 @@ class Topology:
 
     def leader_of(self, group_id: str) -> Peer | None:
         """The node leading a partition: from the local replica's Raft state when this node hosts one, else from
-        the leaders the nodes last reported in their heartbeats. A hosted replica is never overruled by those
-        reports: when it hears no leader (an election, or this node cut off from the others), the reported one is
-        stale or unreachable from here, and requests forwarded to it would wait until the partition healed."""
+        the leaders the nodes last reported in their heartbeats. Those reports fill in for a hosted replica only
+        while it has heard no leader since it started. One that lost its leader (an election, or this node cut
+        off from the others) names none: the reported leader is stale or out of reach from here, and requests
+        forwarded to it would wait until the partition healed. Nor does a hosted replica that is not the leader
+        name this node from the reports (a leader cut off from its majority stepped down but cannot report it)."""
         group = self.groups.get(group_id)
         if group is not None:
             if group.is_leader():
                 return self.peers[self.node_id]
-            return self.peer_of_raft(group.leader_address())
+            peer = self.peer_of_raft(group.leader_address())
+            if peer is not None or group.lost_its_leader():
+                return peer
         node_id = self.view().leaders.get(group_id)
-        if node_id is None or node_id == self.node_id:  # it does not host the partition: a stale report
+        if node_id is None or (group is not None and node_id == self.node_id):
             return None
         return self.peers.get(node_id)

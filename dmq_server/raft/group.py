@@ -295,6 +295,11 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
         leader = self._getLeader()
         return None if leader is None else getattr(leader, "address", str(leader))
 
+    def lost_its_leader(self) -> bool:
+        """No leader known now, though this replica has heard one since it started: an election is under way,
+        or this node is cut off from the others. (A replica just started has heard none yet.)"""
+        return self._getLeader() is None and self._dmq_leaderContact > 0.0
+
     def query(self, reader: Callable[[Any], T]) -> T:
         """Run a read-only query on the store (the state machine), safe against a snapshot install swapping it."""
         with self._store_lock:

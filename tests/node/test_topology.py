@@ -12,15 +12,19 @@ PEERS = [Peer("n1", "127.0.0.1:9001", "127.0.0.1:7001"), Peer("n2", "127.0.0.1:9
 class Replica:
     """The part of a PartitionGroup that leader_of reads."""
 
-    def __init__(self, leader: bool, leader_address: str | None) -> None:
+    def __init__(self, leader: bool, leader_address: str | None, heard_a_leader: bool = True) -> None:
         self.leader = leader
         self.address = leader_address
+        self.heard_a_leader = heard_a_leader
 
     def is_leader(self) -> bool:
         return self.leader
 
     def leader_address(self) -> str | None:
         return self.address
+
+    def lost_its_leader(self) -> bool:
+        return self.address is None and self.heard_a_leader
 
 
 def topology_seeing(reported: dict[str, str], groups: dict[str, Any]) -> Topology:
@@ -38,13 +42,18 @@ def test_the_local_replica_knows_best() -> None:
     assert topology.leader_of("q1.p0") == PEERS[1]
 
 
-def test_reports_fill_in_only_for_partitions_not_hosted_here() -> None:
-    # q1.p1's replica here hears no leader (an election, or this node cut off): the report of n2 is stale or n2
-    # is out of reach, and a request forwarded there would wait for the heal.
-    topology = topology_seeing({"q1.p0": "n2", "q1.p1": "n2"}, {"q1.p1": Replica(False, None)})
+def test_reports_fill_in_for_partitions_not_hosted_here_or_whose_replica_just_started() -> None:
+    topology = topology_seeing({"q1.p0": "n2", "q1.p1": "n2"}, {"q1.p1": Replica(False, None, heard_a_leader=False)})
     assert topology.leader_of("q1.p0") == PEERS[1]
-    assert topology.leader_of("q1.p1") is None
+    assert topology.leader_of("q1.p1") == PEERS[1]
     assert topology.leader_of("q1.p2") is None
+
+
+def test_a_replica_that_lost_its_leader_is_not_overruled_by_reports() -> None:
+    # q1.p1's replica here heard a leader and no longer does (an election, or this node cut off): the report of
+    # n2 is stale or n2 is out of reach, and a request forwarded there would wait for the heal.
+    topology = topology_seeing({"q1.p1": "n2"}, {"q1.p1": Replica(False, None, heard_a_leader=True)})
+    assert topology.leader_of("q1.p1") is None
 
 
 def test_a_replica_that_stepped_down_does_not_name_itself_from_stale_reports() -> None:
