@@ -337,12 +337,17 @@ class SyncObj(_StockSyncObj):
         if self.__raftState not in (_RAFT_STATE.FOLLOWER, _RAFT_STATE.CANDIDATE):
             return
         now = monotonicTime()
-        if self.__raftElectionDeadline >= now or not self.__connectedToAnyone():
+        if self.__raftElectionDeadline >= now:
+            return
+        if self.__raftLeader is not None:
+            # No word from the leader for an election timeout: it is presumed gone and its address no longer given,
+            # as stock does when it starts an election. Stock kept naming it for good while no peer was connected
+            # (no election then), and the node kept forwarding requests to it.
+            self.__raftLeader = None
+            self.__onLeaderChanged()
+        if not self.__connectedToAnyone():
             return
         self.__raftElectionDeadline = now + self.__generateRaftTimeout()
-        # as stock does when it starts an election: the leader is presumed gone, and its address no longer given
-        self.__raftLeader = None
-        self.__onLeaderChanged()
         self._dmq_preVoteTerm = self.__raftCurrentTerm + 1
         self._dmq_preVotes = 1
         for node in self.__otherNodes:

@@ -217,6 +217,20 @@ def test_a_leader_that_steps_down_within_reach_of_its_majority_leaves_waiting_co
     assert answered == []
 
 
+def test_a_follower_left_alone_stops_naming_its_leader(replicas: Replicas) -> None:
+    # With no peer connected a replica holds no election (nor a pre-vote round): stock pysyncobj then named the
+    # leader it last heard for good, and its node forwarded requests to that leader instead of answering
+    # Unavailable. After an election timeout without word from the leader, it names none.
+    leader = replicas.leader()
+    follower = next(g for g in replicas.live() if g is not leader)
+    wait_for(lambda: follower.leader_address() == leader.spec.self_address, what="the follower to hear the leader")
+    for i, group in enumerate(replicas.groups):
+        if group is not follower:
+            replicas.stop(i)
+    wait_for(lambda: follower.lost_its_leader(), timeout=5, what="the follower to give its leader up")  # ~0.45 s
+    assert follower.leader_address() is None and not follower.is_leader()
+
+
 def test_wiped_follower_catches_up_through_a_snapshot(replicas: Replicas) -> None:
     for i in range(30):
         replicas.submit("enqueue", messages=[[b"m%d" % i, None, None, None, None]] * 10)
