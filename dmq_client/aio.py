@@ -72,7 +72,7 @@ class AsyncClient:
             self._flush_deletes, linger=linger, max_items=MAX_BATCH, max_bytes=1 << 30,
             max_in_flight=max_in_flight_batches)
         self._leases = LeaseKeeper(self._change_visibility_one)
-        # Batch ids: unique per client instance (random) and per request (counter); at most 33 characters.
+        # Batch and purge ids: unique per client instance (random) and per request (counter); at most 33 characters.
         self._batch_prefix = os.urandom(8).hex()
         self._batch_numbers = itertools.count(1)
         self._turn = itertools.count()
@@ -121,8 +121,10 @@ class AsyncClient:
         return QueueInfo.from_wire(await self._router.call_any("get_queue", {"name": name}))
 
     async def purge_queue(self, name: str) -> int:
-        """Delete every message of the queue; returns how many there were."""
-        return int((await self._router.call_any("purge_queue", {"name": name}))["purged"])
+        """Delete every message of the queue; returns how many there were. Retried under one purge id: a retry
+        after a lost answer reports the first count and deletes nothing sent since."""
+        args = {"name": name, "purge_id": f"{self._batch_prefix}-{next(self._batch_numbers)}"}
+        return int((await self._router.call_any("purge_queue", args))["purged"])
 
     async def redrive(self, dead_letter_queue: str, to: str | None = None, max_messages: int = 1_000) -> dict[str, int]:
         """Move messages from a dead-letter queue back to where they came from (or all to `to`)."""

@@ -37,6 +37,13 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _purge(local: LocalPartition, purge_id: str | None) -> Awaitable[Any]:
+    command: dict[str, Any] = {"op": "purge", "now": _now_ms()}
+    if purge_id is not None:
+        command["purge_id"] = purge_id
+    return local.command(command)
+
+
 class Broker:
     def __init__(self, loop: asyncio.AbstractEventLoop, topology: Topology, peers: PeerClients, metrics: Any,
                  *, max_queues: int, max_partitions: int) -> None:
@@ -225,11 +232,15 @@ class Broker:
         return sorted(name for name in self.topology.view().queues
                       if name.startswith(request.prefix) and (identity.internal or identity.allows(None, name)))
 
-    async def _purge_queue(self, request: rq.QueueOp, identity: Identity, principal: str, forwarded: bool) -> Any:
+    async def _purge_queue(self, request: rq.PurgeQueue, identity: Identity, principal: str,
+                           forwarded: bool) -> Any:
+        """Every partition purged under the request's purge id: when one fails, a retry with the same id gets the
+        counts of those already purged again and purges only the rest."""
         record = await self._data_queue(request.name)
         purged = await asyncio.gather(*(
-            self._on_partition(record, p, forwarded, principal, "purge_partition", lambda: {"queue": record["name"]},
-                               lambda local: local.command({"op": "purge", "now": _now_ms()}))
+            self._on_partition(record, p, forwarded, principal, "purge_partition",
+                               lambda: {"queue": record["name"], "purge_id": request.purge_id},
+                               lambda local: _purge(local, request.purge_id))
             for p in range(len(record["partitions"]))))
         return {"purged": sum(result["purged"] for result in purged)}
 
@@ -553,7 +564,8 @@ class Broker:
         return await self._partition_internal(args, lambda local: local.stats())
 
     async def _op_purge_partition(self, args: dict[str, Any]) -> Any:
-        return await self._partition_internal(args, lambda local: local.command({"op": "purge", "now": _now_ms()}))
+        purge_id = rq.text_field(args.get("purge_id"), "purge_id")
+        return await self._partition_internal(args, lambda local: _purge(local, purge_id))
 
     async def _op_wait_messages(self, args: dict[str, Any]) -> Any:
         wait_ms = args.get("wait_ms")
@@ -604,12 +616,12 @@ class Broker:
         rq.Delete: _delete,
         rq.ChangeVisibility: _change_visibility,
         rq.ListQueues: _list_queues,
+        rq.PurgeQueue: _purge_queue,
         rq.Redrive: _redrive,
         rq.ClusterStatus: _cluster_status,
     }
 
-_QUEUE_OPS = {"delete_queue": Broker._delete_queue, "get_queue": Broker._get_queue,
-              "purge_queue": Broker._purge_queue, "lookup": Broker._lookup}
+_QUEUE_OPS = {"delete_queue": Broker._delete_queue, "get_queue": Broker._get_queue, "lookup": Broker._lookup}
 
 
 def _queue_of(request: Any) -> str | None:

@@ -77,10 +77,16 @@ class CreateQueue:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class QueueOp:
-    """delete_queue, get_queue, purge_queue, lookup: just a queue name."""
+    """delete_queue, get_queue, lookup: just a queue name."""
 
     op: str
     name: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PurgeQueue:
+    name: str
+    purge_id: str | None = None  # idempotency key: a retry within the dedup window purges nothing sent since
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -188,7 +194,7 @@ def _int(args: dict[str, Any], field: str, low: int, high: int, default: int | N
     return value
 
 
-def _text(value: Any, field: str, *, max_bytes: int = store_limits.MAX_KEY_BYTES) -> str | None:
+def text_field(value: Any, field: str, *, max_bytes: int = store_limits.MAX_KEY_BYTES) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not 0 < len(value.encode("utf-8", "surrogatepass")) <= max_bytes:
@@ -285,8 +291,8 @@ def _message(value: Any) -> OutgoingMessage:
         body=body,
         attributes=_attributes(value.get("attributes")),
         delay_ms=_int(value, "delay_ms", 0, store_limits.MAX_DELAY_MS),
-        dedup_id=_text(value.get("dedup_id"), "dedup_id"),
-        group=_text(value.get("group"), "group"),
+        dedup_id=text_field(value.get("dedup_id"), "dedup_id"),
+        group=text_field(value.get("group"), "group"),
     )
 
 
@@ -301,7 +307,7 @@ def parse(op: Any, raw_args: Any, *, max_partitions: int = 64) -> Any:
         _only(args, op, ("queue", "messages", "partition", "batch_id"))
         messages = tuple(_message(entry) for entry in _list(args, "messages", store_limits.MAX_BATCH_ENTRIES))
         partition = _partition(args)
-        batch_id = _text(args.get("batch_id"), "batch_id")
+        batch_id = text_field(args.get("batch_id"), "batch_id")
         if batch_id is not None and partition is None:
             raise invalid("'batch_id' needs an explicit 'partition': a retry must reach the partition that "
                           "remembers the batch")
@@ -335,9 +341,12 @@ def parse(op: Any, raw_args: Any, *, max_partitions: int = 64) -> Any:
         _only(args, op, ("name", "attributes"))
         return CreateQueue(queue_name(args.get("name"), "name"),
                            parse_attributes(args.get("attributes"), max_partitions=max_partitions))
-    if op in ("delete_queue", "get_queue", "purge_queue", "lookup"):
+    if op in ("delete_queue", "get_queue", "lookup"):
         _only(args, op, ("name",))
         return QueueOp(op, queue_name(args.get("name"), "name"))
+    if op == "purge_queue":
+        _only(args, op, ("name", "purge_id"))
+        return PurgeQueue(queue_name(args.get("name"), "name"), text_field(args.get("purge_id"), "purge_id"))
     if op == "list_queues":
         _only(args, op, ("prefix",))
         prefix = args.get("prefix", "")

@@ -152,6 +152,11 @@ def parse_batches(command: dict[str, Any], message_count: int) -> list[Segment]:
     return segments
 
 
+def parse_purge(command: dict[str, Any]) -> bytes | None:
+    """A purge's optional 'purge_id': its idempotency key, so that a retry purges nothing sent since."""
+    return _key(command.get("purge_id"), "purge_id")
+
+
 def parse_receive(command: dict[str, Any]) -> tuple[int, int | None, int | None]:
     """(max messages, visibility ms or None, max bytes or None): a receive picks messages until either limit;
     the byte budget (records' sizes) keeps an answer inside one frame, and one message is always picked."""

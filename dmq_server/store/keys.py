@@ -20,8 +20,9 @@ HEAD = b"H"  # H id -> group : head of an eligible FIFO group
 GROUP = b"G"  # G group -> (head, tail, in-flight id)
 NEXT = b"N"  # N id -> next id of the same FIFO group
 DEDUP = b"U"  # U dedup id -> (message id, window end)
-DEDUP_EXPIRY = b"E"  # E window end dedup id -> b"" ; E window end 0xFF batch id -> b""
+DEDUP_EXPIRY = b"E"  # E window end dedup id -> b"" ; E window end mark (0xFF, 0xFE) batch or purge id -> b""
 BATCH = b"S"  # S batch id -> window end (u64) + the segment's results (pack_batch_results / pack_batch_run)
+PURGE = b"P"  # P purge id -> window end (u64) + the count it purged (u64)
 DEAD = b"X"  # X id -> dead-letter record
 
 # Message ids are below 2**63 (receipts are checked against it): a lower bound of an empty index.
@@ -60,17 +61,21 @@ def id_of(key: bytes) -> int:
     return _U64.unpack_from(key, 1)[0]
 
 
-# Marks a batch id in the expiry index E (shared with dedup ids, one cursor for both). 0xFF never occurs in UTF-8,
-# so it never starts a dedup id (always valid UTF-8): `E end dedup_id` and `E end 0xFF batch_id` cannot be confused.
+# Mark batch and purge ids in the expiry index E (shared with dedup ids, one cursor for all). 0xFF and 0xFE never
+# occur in UTF-8, so neither starts a dedup id (always valid UTF-8): `E end dedup_id`, `E end 0xFF batch_id` and
+# `E end 0xFE purge_id` cannot be confused. Batch and purge ids are remembered under the prefix their mark names,
+# as window end (u64) + what the id's first request answered.
 BATCH_MARK = b"\xff"
+PURGE_MARK = b"\xfe"
+REMEMBERED_UNDER = {BATCH_MARK: BATCH, PURGE_MARK: PURGE}
 
 
 def dedup_expiry(at: int, dedup_id: bytes) -> bytes:
     return DEDUP_EXPIRY + _U64.pack(at) + dedup_id
 
 
-def batch_expiry(at: int, batch_id: bytes) -> bytes:
-    return DEDUP_EXPIRY + _U64.pack(at) + BATCH_MARK + batch_id
+def marked_expiry(at: int, mark: bytes, ident: bytes) -> bytes:
+    return DEDUP_EXPIRY + _U64.pack(at) + mark + ident
 
 
 # The results a batch id remembers (after the window end in its S value), one int per message: the id, -id for a

@@ -142,32 +142,44 @@ class PartitionStore:
         segment's results again, each marked duplicate, and nothing enqueued (BatchMismatch for each message when
         the earlier segment had another number of messages); else enqueued and remembered under
         `S batch_id -> window end (u64) + results` (keys.pack_batch_results), expiring through E like dedup ids."""
-        key = keys.BATCH + batch_id
-        remembered = txn.get(key)
-        remembered_until = None
-        if remembered is not None:
-            remembered_until = keys.unpack_u64(remembered[:8])
-            if remembered_until > now:
-                first = keys.unpack_batch_results(remembered[8:])
-                if len(first) != len(messages):  # not a retry of that send: one result per message all the same
-                    return [{"error": BATCH_MISMATCH} for _ in messages]
-                return [{"id": abs(ident), "duplicate": True} if ident else {"error": QUEUE_FULL, "duplicate": True}
-                        for ident in first]
+        answer, remembered_until = self._recall(txn, keys.BATCH_MARK, batch_id, now)
+        if answer is not None:
+            first = keys.unpack_batch_results(answer)
+            if len(first) != len(messages):  # not a retry of that send: one result per message all the same
+                return [{"error": BATCH_MISMATCH} for _ in messages]
+            return [{"id": abs(ident), "duplicate": True} if ident else {"error": QUEUE_FULL, "duplicate": True}
+                    for ident in first]
         first_id = meta.next_id
         results = self._enqueue_messages(txn, meta, messages, now)
-        if remembered_until is not None:  # its window ended, not yet forgotten: forget it now
-            txn.delete(keys.batch_expiry(remembered_until, batch_id))
-        else:
-            meta.dedup_entries += 1
-        window_end = now + meta.config.dedup_window_ms
         if meta.next_id - first_id == len(messages):  # the usual case: every message enqueued, ids in a run
             encoded = keys.pack_batch_run(first_id, len(messages))
         else:  # the id, -id for a per-message dedup duplicate, 0 for QueueFull
             encoded = keys.pack_batch_results([0 if "error" in result else -result["id"] if result["duplicate"]
                                                else result["id"] for result in results])
-        txn.put(key, keys.pack_u64(window_end) + encoded)
-        txn.put(keys.batch_expiry(window_end, batch_id), b"")
+        self._remember(txn, meta, keys.BATCH_MARK, batch_id, encoded, remembered_until, now)
         return results
+
+    @staticmethod
+    def _recall(txn: Txn, mark: bytes, ident: bytes, now: int) -> tuple[bytes | None, int | None]:
+        """What a batch or purge id's first request answered, while its window lasts (else None), and the window
+        end it is remembered with (None when not remembered at all)."""
+        remembered = txn.get(keys.REMEMBERED_UNDER[mark] + ident)
+        if remembered is None:
+            return None, None
+        remembered_until = keys.unpack_u64(remembered[:8])
+        return (remembered[8:] if remembered_until > now else None), remembered_until
+
+    @staticmethod
+    def _remember(txn: Txn, meta: Meta, mark: bytes, ident: bytes, answer: bytes, remembered_until: int | None,
+                  now: int) -> None:
+        """Remember a batch or purge id's answer for the queue's dedup window, expiring through E."""
+        if remembered_until is not None:  # its window ended, not yet forgotten: forget it now
+            txn.delete(keys.marked_expiry(remembered_until, mark, ident))
+        else:
+            meta.dedup_entries += 1
+        window_end = now + meta.config.dedup_window_ms
+        txn.put(keys.REMEMBERED_UNDER[mark] + ident, keys.pack_u64(window_end) + answer)
+        txn.put(keys.marked_expiry(window_end, mark, ident), b"")
 
     def _enqueue_messages(self, txn: Txn, meta: Meta, messages: list[commands.NewMessage],
                           now: int) -> list[dict[str, Any]]:
@@ -369,14 +381,22 @@ class PartitionStore:
                 self._lease(txn, deadline, sorted(ids))
         return results
 
-    def _purge(self, txn: Txn, meta: Meta, command: dict[str, Any], now: int) -> dict[str, int]:
+    def _purge(self, txn: Txn, meta: Meta, command: dict[str, Any], now: int) -> dict[str, Any]:
+        purge_id = commands.parse_purge(command)
+        remembered_until = None
+        if purge_id is not None:  # a retry within the window answers the first count and purges nothing again
+            answer, remembered_until = self._recall(txn, keys.PURGE_MARK, purge_id, now)
+            if answer is not None:
+                return {"purged": keys.unpack_u64(answer), "duplicate": True}
         purged = meta.count
         for prefix in (keys.MESSAGE, keys.BACK, keys.IN_FLIGHT, keys.DELAYED, keys.HEAD, keys.GROUP, keys.NEXT):
             txn.delete_range(prefix, keys.end_of(prefix))
         meta.ready = meta.in_flight = meta.delayed = meta.bytes = 0
         meta.fresh = meta.message_low = meta.back_low = meta.head_low = meta.next_id
         self._note_removed(purged)
-        return {"purged": purged}
+        if purge_id is not None:
+            self._remember(txn, meta, keys.PURGE_MARK, purge_id, keys.pack_u64(purged), remembered_until, now)
+        return {"purged": purged, "duplicate": False}
 
     def _tick(self, txn: Txn, meta: Meta, command: dict[str, Any], now: int) -> dict[str, int]:
         counts = self._advance(txn, meta, now)
@@ -511,8 +531,9 @@ class PartitionStore:
                 meta.dedup_cursor = key[:9]
                 return forgotten
             window_end = keys.unpack_u64(key[1:9])
-            if key[9:10] == keys.BATCH_MARK:
-                memory_key = keys.BATCH + key[10:]
+            marked_under = keys.REMEMBERED_UNDER.get(key[9:10])
+            if marked_under is not None:
+                memory_key = marked_under + key[10:]
                 remembered = txn.get(memory_key)
                 current = remembered is not None and keys.unpack_u64(remembered[:8]) == window_end
             else:

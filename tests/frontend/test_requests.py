@@ -74,9 +74,17 @@ def test_create_queue_full():
                                     "receive_wait_ms": 20_000, "dead_letter_queue": "dlq", **store}
 
 
-@pytest.mark.parametrize("op", ["delete_queue", "get_queue", "purge_queue", "lookup"])
+@pytest.mark.parametrize("op", ["delete_queue", "get_queue", "lookup"])
 def test_queue_ops(op):
     assert parse(op, {"name": "a" * 80}) == rq.QueueOp(op, "a" * 80)
+
+
+def test_purge_queue():
+    assert parse("purge_queue", {"name": "q"}) == rq.PurgeQueue("q")
+    assert parse("purge_queue", {"name": "q", "purge_id": "é" * 64}) == rq.PurgeQueue("q", "é" * 64)
+    for bad in ("", "x" * 129, b"id", 7, "\ud800"):
+        with pytest.raises(rq.RequestError, match="purge_id"):
+            parse("purge_queue", {"name": "q", "purge_id": bad})
 
 
 def test_list_queues():
@@ -468,7 +476,7 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5) | st.di
 args_maps = st.dictionaries(st.sampled_from(FIELDS) | keys, values, max_size=6)
 ops = st.one_of(st.sampled_from(rq.OPERATIONS), values)
 
-RESULT_TYPES = (rq.CreateQueue, rq.QueueOp, rq.ListQueues, rq.Send, rq.Receive, rq.Delete, rq.ChangeVisibility,
+RESULT_TYPES = (rq.CreateQueue, rq.QueueOp, rq.PurgeQueue, rq.ListQueues, rq.Send, rq.Receive, rq.Delete, rq.ChangeVisibility,
                 rq.Redrive, rq.ClusterStatus)
 NAME = re.compile(r"[A-Za-z0-9_-]{1,80}\Z")
 
@@ -505,6 +513,8 @@ def _check(request: Any) -> None:
         assert (a.dead_letter_queue is not None) == bool(store.get("max_receives"))
         if a.dead_letter_queue is not None:
             assert NAME.match(a.dead_letter_queue)
+    elif isinstance(request, rq.PurgeQueue):
+        _check_key(request.purge_id)
     elif isinstance(request, rq.Send):
         assert 1 <= len(request.messages) <= 1000
         _check_int(request.partition, 0, 1023, optional=True)

@@ -284,6 +284,20 @@ def test_purge_queue(conns: list[Connection]) -> None:
     assert conns[1].call("receive", {"queue": "ops-purge", "max_messages": 10, "wait_ms": 200}) == []
 
 
+def test_a_retried_purge_reports_its_first_count_and_spares_later_messages(conns: list[Connection]) -> None:
+    # The retry of a purge whose answer was lost (a leader change mid-request): through any node, under the same
+    # purge id, it answers the first count and purges nothing sent since. Without the id it answered 0.
+    create(conns, "ops-purge-retry", {"partitions": 3})
+    for i in range(6):
+        send(conns[i % 3], "ops-purge-retry", b"m%d" % i)
+    request = {"name": "ops-purge-retry", "purge_id": "retry-1"}
+    assert conns[0].call("purge_queue", request) == {"purged": 6}
+    send(conns[1], "ops-purge-retry", b"after")
+    assert conns[1].call("purge_queue", request) == {"purged": 6}
+    assert conns[2].call("get_queue", {"name": "ops-purge-retry"})["stats"]["count"] == 1
+    assert conns[2].call("purge_queue", {"name": "ops-purge-retry", "purge_id": "retry-2"}) == {"purged": 1}
+
+
 def test_dead_letter_queue_and_redrive(conns: list[Connection]) -> None:
     source_attributes = {"max_receives": 1, "dead_letter_queue": "ops-dlq"}
     with pytest.raises(QueueNotFound):

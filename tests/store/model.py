@@ -146,6 +146,12 @@ class BatchEntry:
     expire: int
 
 
+@dataclass
+class PurgeEntry:
+    purged: int  # what the purge id's first purge deleted
+    expire: int
+
+
 BATCH_MISMATCH = "BatchMismatch"
 
 
@@ -156,6 +162,7 @@ class QueueModel:
         self.messages: dict[int, Message] = {}
         self.dedup: dict[str, DedupEntry] = {}
         self.batches: dict[bytes, BatchEntry] = {}
+        self.purges: dict[str, PurgeEntry] = {}
         self.dead: dict[int, dict] = {}
         self.next_id = 1
         self.applied_index = 0
@@ -410,11 +417,19 @@ class QueueModel:
     # ------------------------------------------------------------------ purge / tick / ack_dead_letters
 
     def _op_purge(self, command, now, dry):
+        purge_id = command.get("purge_id")
+        if purge_id is not None and not (isinstance(purge_id, str) and 1 <= (utf8_len(purge_id) or 0) <= 128):
+            raise InvalidCommand("purge_id must be None or a str of 1..128 UTF-8 bytes")
         if dry:
             return None
+        seen = self.purges.get(purge_id) if purge_id is not None else None
+        if seen is not None and seen.expire > now:
+            return {"purged": seen.purged, "duplicate": True}
         purged = len(self.messages)
         self.messages.clear()
-        return {"purged": purged}
+        if purge_id is not None:
+            self.purges[purge_id] = PurgeEntry(purged, now + self.cfg["dedup_window_ms"])
+        return {"purged": purged, "duplicate": False}
 
     def _op_tick(self, command, now, dry):
         if dry:
@@ -477,9 +492,12 @@ class QueueModel:
         ended = sorted([(e.expire, dedup_id.encode(), "dedup", dedup_id)
                         for dedup_id, e in self.dedup.items() if e.expire <= now]
                        + [(e.expire, b"\xff" + batch_id, "batch", batch_id)
-                          for batch_id, e in self.batches.items() if e.expire <= now])
+                          for batch_id, e in self.batches.items() if e.expire <= now]
+                       + [(e.expire, b"\xfe" + purge_id.encode(), "purge", purge_id)
+                          for purge_id, e in self.purges.items() if e.expire <= now])
+        memories = {"dedup": self.dedup, "batch": self.batches, "purge": self.purges}
         for _, _, kind, key in ended[:limit]:
-            del (self.dedup if kind == "dedup" else self.batches)[key]
+            del memories[kind][key]
             counts["dedup_expired"] += 1
         return counts
 
@@ -527,4 +545,5 @@ class QueueModel:
                 times.add(m.visible_at)
         times.update(e.expire for e in self.dedup.values())
         times.update(e.expire for e in self.batches.values())
+        times.update(e.expire for e in self.purges.values())
         return sorted(times)

@@ -221,7 +221,9 @@ class StoreVsModel(RuleBasedStateMachine):
              "reopen", "reopen"]
         ))
         if action == "purge":
-            self.apply({"op": "purge", "now": self.now})
+            purge_id = data.draw(st.sampled_from([None, "p1", "p2"]))  # repeated: a retry, inside its window or not
+            self.apply({"op": "purge", "now": self.now} if purge_id is None
+                       else {"op": "purge", "now": self.now, "purge_id": purge_id})
         elif action == "ack":
             upto = data.draw(st.integers(0, self.model.next_id))
             self.apply({"op": "ack_dead_letters", "now": self.now, "upto": upto})
@@ -290,6 +292,8 @@ MALFORMED = [
     lambda now, m: [],
     lambda now, m: "tick",
     lambda now, m: {"op": "frobnicate", "now": now},
+    lambda now, m: {"op": "purge", "now": now, "purge_id": ""},
+    lambda now, m: {"op": "purge", "now": now, "purge_id": b"p1"},
     lambda now, m: {"op": "tick"},
     lambda now, m: {"op": "tick", "now": "1"},
     lambda now, m: {"op": "tick", "now": float(now)},

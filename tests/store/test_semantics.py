@@ -197,12 +197,31 @@ def test_purge_removes_every_message_and_keeps_ids_increasing(queue: Driver) -> 
     queue.send(b"a", b"b", b"c")
     queue.send(b"d", delay=1_000)
     queue.receive(1)
-    assert queue.apply("purge") == {"purged": 4}
+    assert queue.apply("purge") == {"purged": 4, "duplicate": False}
     assert queue.stats()["count"] == 0 and queue.receive(5) == []
     queue.advance(2_000)
     assert queue.receive(5) == []
     assert queue.send(b"e") == [{"id": 5, "duplicate": False}]
     assert ids(queue.receive(5)) == [5]
+
+
+def test_a_retried_purge_answers_its_first_count_and_spares_later_messages(queue: Driver) -> None:
+    # A client retries a purge whose answer it lost (a leader change): the retry must neither report 0 nor
+    # delete what was sent after the purge.
+    queue.configure(dedup_window_ms=1_000)
+    queue.send(b"a", b"b", b"c")
+    assert queue.apply("purge", purge_id="x") == {"purged": 3, "duplicate": False}
+    queue.send(b"d")
+    assert queue.apply("purge", purge_id="x") == {"purged": 3, "duplicate": True}
+    assert queue.stats()["count"] == 1
+    queue.advance(999)
+    assert queue.apply("purge", purge_id="x")["duplicate"]
+    queue.advance(1)  # the window ended: the id names a new purge
+    assert queue.apply("purge", purge_id="x") == {"purged": 1, "duplicate": False}
+    assert queue.tick()["dedup_expired"] == 0  # the first memory was replaced, not forgotten
+    queue.advance(1_000)
+    assert queue.tick()["dedup_expired"] == 1
+    assert not any(key[:1] in (keys.PURGE, keys.DEDUP_EXPIRY) for key in queue.store._database().keys())
 
 
 def test_replayed_index_is_a_no_op(queue: Driver) -> None:
