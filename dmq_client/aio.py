@@ -107,8 +107,18 @@ class AsyncClient:
         return QueueInfo.from_wire(description)
 
     async def delete_queue(self, name: str) -> None:
+        """Delete the queue; QueueNotFound when there is none. Retried: a retry that finds the queue gone succeeds,
+        as the attempt whose answer was lost deleted it (or someone else did meanwhile: it is gone either way)."""
+
+        async def attempt(number: int) -> None:
+            try:
+                await self._router.call(self._router.any_node(), "delete_queue", {"name": name})
+            except QueueNotFound:
+                if number == 0:
+                    raise
+
         try:
-            await self._router.call_any("delete_queue", {"name": name})
+            await self._router.retrying(attempt, "delete_queue")
         finally:
             self._router.forget(name)
 

@@ -16,6 +16,8 @@ from dmq_client import (AsyncClient, BatchError, Client, InvalidRequest, Message
                         QueueFull, QueueInfo, QueueNotFound, ReceiptExpired, SendEntry, Timeout)
 from dmq_client.testing import LocalCluster, cluster
 
+from .lossy_relay import LossyRelay
+
 pytestmark = pytest.mark.timeout(120)
 
 _names = itertools.count(1)
@@ -74,6 +76,33 @@ def test_queue_lifecycle(client: Client) -> None:
         client.get_queue(name)
     with pytest.raises(QueueNotFound):
         client.send(name, b"x")
+
+
+@pytest.mark.parametrize("node", [0, 1, 2])
+def test_a_purge_whose_answer_is_lost_reports_every_message_once(dmq: LocalCluster, client: Client,
+                                                                   node: int) -> None:
+    # The node purges, the answer is lost, the SDK retries: the retry reports the first count (not 0) and keeps
+    # what was sent since. Every node in turn, so some partitions are purged through a forward.
+    name = fresh("lost-purge")
+    client.create_queue(name, partitions=3)
+    client.send_batch(name, [b"a", b"b", b"c"])
+    for i in range(3):
+        client.send(name, b"k%d" % i)
+    with LossyRelay(dmq.addresses[node], "purge_queue") as relay, Client([relay.address]) as lossy:
+        assert lossy.purge_queue(name) == 6
+        assert relay.dropped == 1
+    assert client.get_queue(name).stats["count"] == 0
+
+
+def test_a_delete_queue_whose_answer_is_lost_succeeds(dmq: LocalCluster, client: Client) -> None:
+    name = fresh("lost-delete")
+    client.create_queue(name)
+    with LossyRelay(dmq.addresses[0], "delete_queue") as relay, Client([relay.address]) as lossy:
+        lossy.delete_queue(name)  # the retry finds the queue gone: deleted by the attempt whose answer was lost
+        assert relay.dropped == 1
+        with pytest.raises(QueueNotFound):
+            lossy.delete_queue(name)  # a first attempt that finds no queue still says so
+    assert name not in client.list_queues()
 
 
 def test_recreated_queue_is_found_again(client: Client) -> None:
