@@ -355,9 +355,15 @@ class Node:
         if now - self._rebalanced_at.get(group_id, -1e9) < REBALANCE_SECONDS:
             return
         self._rebalanced_at[group_id] = now
-        address = str(self.config.node(preferred).raft)
-        log.info("handing leadership of %s to its preferred replica %s", group_id, preferred)
-        local.group._on_next_tick(lambda: local.group.transferLeadership(address))
+
+        def outcome(handed: bool) -> None:
+            if handed:
+                log.info("handing leadership of %s to its preferred replica %s", group_id, preferred)
+            else:  # not caught up (just restarted, or cut off): leadership stays here until a later round
+                log.info("leadership of %s stays here for now: its preferred replica %s is not caught up",
+                         group_id, preferred)
+
+        local.group.hand_leadership_to(str(self.config.node(preferred).raft), outcome)
 
     # ------------------------------------------------------------------ metrics
 

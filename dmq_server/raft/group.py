@@ -373,6 +373,12 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
             time.sleep(0.005)
         return not self._isLeader()
 
+    def hand_leadership_to(self, address: str, outcome: Callable[[bool], None]) -> None:
+        """Ask the replica at `address` to take leadership over (Raft TimeoutNow), from the tick thread.
+        `outcome(False)` when pysyncobj denies it: this replica does not lead, or that one is not caught up."""
+        self._on_next_tick(lambda: self.transferLeadership(
+            address, lambda _, error: outcome(error == FAIL_REASON.SUCCESS)))
+
     def _on_next_tick(self, action: Callable[[], None]) -> None:
         """Run `action` once on the tick thread, where pysyncobj's Raft state may be touched. (A tick callback
         cannot remove itself: pysyncobj holds its callback lock while it runs them.)"""

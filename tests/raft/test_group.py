@@ -261,6 +261,26 @@ def test_graceful_stop_hands_leadership_over(replicas: Replicas) -> None:
     assert replicas.submit("enqueue", messages=[[b"after", None, None, None, None]])[0]["id"] == 2
 
 
+def test_a_handover_reports_whether_it_was_made(replicas: Replicas) -> None:
+    replicas.submit("enqueue", messages=[[b"x", None, None, None, None]])
+    leader = replicas.leader()
+    others = [i for i, g in enumerate(replicas.groups) if g is not leader]
+    replicas.stop(others[0])
+    replicas.submit("enqueue", messages=[[b"y", None, None, None, None]])  # committed without the stopped one
+    outcomes: list[bool] = []
+    leader.hand_leadership_to(replicas.addresses[others[0]], outcomes.append)  # not caught up: denied
+    wait_for(lambda: outcomes == [False], timeout=5, what="the denied handover's outcome")
+    target = replicas.groups[others[1]]
+    assert target is not None
+    match = leader._SyncObj__raftMatchIndex  # type: ignore[attr-defined]
+    last_index = leader._SyncObj__getCurrentLogIndex  # type: ignore[attr-defined]
+    wait_for(lambda: any(n.address == target.spec.self_address and index == last_index() for n, index in
+                         list(match.items())), what="the leader to count the target caught up")
+    leader.hand_leadership_to(replicas.addresses[others[1]], outcomes.append)
+    wait_for(lambda: outcomes == [False, True], timeout=5, what="the handover's outcome")
+    wait_for(lambda: target.is_leader(), timeout=5, what="the target to lead")
+
+
 def test_partitions_share_one_host_per_node(tmp_path) -> None:
     from dmq_server.raft.host import RaftHost
 
