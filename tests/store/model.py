@@ -410,6 +410,10 @@ class QueueModel:
             if msg is not None and msg.state == IN_FLIGHT and msg.receive_count == count and msg.deadline > now:
                 msg.deadline = now + vis
                 results.append({"ok": True, "deadline": msg.deadline})
+            elif vis == 0 and msg is not None and msg.receive_count == count and msg.state == IN_FLIGHT:
+                results.append({"ok": True, "deadline": msg.deadline})  # released already: its lease ended
+            elif vis == 0 and msg is not None and msg.receive_count == count and msg.state == READY:
+                results.append({"ok": True, "deadline": now})  # released already and returned, not received since
             else:
                 results.append({"error": RECEIPT_EXPIRED})
         return results

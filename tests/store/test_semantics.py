@@ -79,6 +79,22 @@ def test_change_visibility_of_expired_lease_is_rejected(queue: Driver) -> None:
     assert queue.change_visibility(receipt, 1_000) == {"error": "ReceiptExpired"}
 
 
+def test_a_repeated_release_succeeds_until_the_message_is_received_again(queue: Driver) -> None:
+    # The retry of a release whose answer was lost: the lease already ended, by that release or by its deadline.
+    queue.send(b"a")
+    receipt = queue.receive(1, visibility=1_000)[0]["receipt"]
+    assert queue.change_visibility(receipt, 0) == {"ok": True, "deadline": queue.now}
+    released_at = queue.now
+    queue.advance(5)
+    assert queue.change_visibility(receipt, 0) == {"ok": True, "deadline": released_at}  # in flight until a tick
+    assert queue.change_visibility(receipt, 1_000) == {"error": "ReceiptExpired"}  # an extension comes too late
+    queue.tick()
+    assert queue.stats()["ready"] == 1
+    assert queue.change_visibility(receipt, 0) == {"ok": True, "deadline": queue.now}  # ready, not received since
+    assert queue.receive(1)[0]["receive_count"] == 2
+    assert queue.change_visibility(receipt, 0) == {"error": "ReceiptExpired"}  # received again: not ours to give
+
+
 def test_receive_count_rises_on_every_delivery(queue: Driver) -> None:
     queue.send(b"a")
     counts = []
