@@ -29,7 +29,8 @@ from . import protocol
 from .batching import Coalescer
 from .concurrency import await_all
 from .connection import CLIENT_NAME
-from .errors import DmqError, InvalidReceipt, QueueNotFound, error_from, raise_for_batch
+from .errors import (DmqError, InvalidReceipt, NotLeader, QueueNotFound, TooManyRequests, error_from,
+                     raise_for_batch)
 from .leases import LeaseKeeper
 from .message import AsyncMessage
 from .model import Body, QueueInfo, SendEntry, as_entry, wire_message
@@ -107,15 +108,24 @@ class AsyncClient:
         return QueueInfo.from_wire(description)
 
     async def delete_queue(self, name: str) -> None:
-        """Delete the queue; QueueNotFound when there is none. Retried: a retry that finds the queue gone succeeds,
-        as the attempt whose answer was lost deleted it (or someone else did meanwhile: it is gone either way)."""
+        """Delete the queue; QueueNotFound when there is none. Retried: after an attempt whose outcome is unknown
+        (its answer lost), a retry that finds the queue gone succeeds, as that attempt deleted it (or someone
+        else did meanwhile: it is gone either way)."""
+        outcome_unknown = False
 
         async def attempt(number: int) -> None:
+            nonlocal outcome_unknown
+            conn = await self._router.connection(self._router.any_node())  # failing here, nothing was sent
             try:
-                await self._router.call(self._router.any_node(), "delete_queue", {"name": name})
+                await conn.call("delete_queue", {"name": name}, self._router.request_timeout)
             except QueueNotFound:
-                if number == 0:
+                if not outcome_unknown:
                     raise
+            except (NotLeader, TooManyRequests):
+                raise  # refused: nothing was done
+            except DmqError:
+                outcome_unknown = True
+                raise
 
         try:
             await self._router.retrying(attempt, "delete_queue")

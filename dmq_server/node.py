@@ -359,9 +359,9 @@ class Node:
         def outcome(handed: bool) -> None:
             if handed:
                 log.info("handing leadership of %s to its preferred replica %s", group_id, preferred)
-            else:  # not caught up (just restarted, or cut off): leadership stays here until a later round
-                log.info("leadership of %s stays here for now: its preferred replica %s is not caught up",
-                         group_id, preferred)
+            else:  # typically not caught up (just restarted, or cut off); or this replica no longer leads
+                log.info("leadership of %s stays here for now: the handover to its preferred replica %s was "
+                         "denied (not caught up, or no longer led here)", group_id, preferred)
 
         local.group.hand_leadership_to(str(self.config.node(preferred).raft), outcome)
 

@@ -332,7 +332,7 @@ class SyncObj(_StockSyncObj):
         if self._dmq_preVoteWon:
             self._dmq_preVoteWon = False
             return
-        if self.__selfNode is None or not self.__otherNodes or self.__transferInProgress:
+        if self.__selfNode is None or not self.__otherNodes:
             return
         if self.__raftState not in (_RAFT_STATE.FOLLOWER, _RAFT_STATE.CANDIDATE):
             return
@@ -345,8 +345,8 @@ class SyncObj(_StockSyncObj):
             # (no election then), and the node kept forwarding requests to it.
             self.__raftLeader = None
             self.__onLeaderChanged()
-        if not self.__connectedToAnyone():
-            return
+        if self.__transferInProgress or not self.__connectedToAnyone():
+            return  # a handover's election skips the round; without a peer there is nobody to ask
         self.__raftElectionDeadline = now + self.__generateRaftTimeout()
         self._dmq_preVoteTerm = self.__raftCurrentTerm + 1
         self._dmq_preVotes = 1

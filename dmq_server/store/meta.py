@@ -23,7 +23,7 @@ class Meta:
     delayed: int = 0
     bytes: int = 0
     dead_letters: int = 0
-    dedup_entries: int = 0  # dedup ids remembered
+    dedup_entries: int = 0  # dedup, batch and purge ids remembered
     retention_due: int = 0  # no message expires before this time (a lower bound, so retention scans are rare)
     fresh: int = 1  # standard queues: every ready message with id >= fresh was never delivered
     message_low: int = 1  # no message has a lower id

@@ -32,11 +32,12 @@ class LossyRelay:
     def close(self) -> None:
         self._stopping.set()
         self._listener.close()
+        self._threads[0].join(5)  # the accept loop: no connection is added after this
         with self._lock:
             sockets = list(self._sockets)
         for sock in sockets:
             _shut(sock)
-        for thread in self._threads:
+        for thread in self._threads[1:]:
             thread.join(5)
 
     def __enter__(self) -> "LossyRelay":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -103,6 +104,12 @@ def test_a_delete_queue_whose_answer_is_lost_succeeds(dmq: LocalCluster, client:
         with pytest.raises(QueueNotFound):
             lossy.delete_queue(name)  # a first attempt that finds no queue still says so
     assert name not in client.list_queues()
+    with socket.socket() as probe:  # a port nobody listens on: attempts there send nothing
+        probe.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{probe.getsockname()[1]}"
+    with Client([dead, dead, dmq.addresses[0]]) as unlucky:
+        with pytest.raises(QueueNotFound):
+            unlucky.delete_queue(name)  # refused connections first: still no queue to delete
 
 
 def test_recreated_queue_is_found_again(client: Client) -> None:

@@ -456,7 +456,8 @@ def test_protocol_doc_covers_operations_and_attributes():
 
 # ---------------------------------------------------------------------------------------------- fuzzing
 
-FIELDS = sorted({"name", "attributes", "prefix", "queue", "messages", "partition", "batch_id", "max_messages",
+FIELDS = sorted({"name", "attributes", "prefix", "queue", "messages", "partition", "batch_id", "purge_id",
+                 "max_messages",
                  "wait_ms", "visibility_timeout_ms", "receipts", "entries", "to", "body", "delay_ms", "dedup_id",
                  "group", "partitions", "replication", "ack_mode", "receive_wait_ms", "dead_letter_queue", "fifo",
                  *INT_RANGES})
@@ -476,8 +477,8 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5) | st.di
 args_maps = st.dictionaries(st.sampled_from(FIELDS) | keys, values, max_size=6)
 ops = st.one_of(st.sampled_from(rq.OPERATIONS), values)
 
-RESULT_TYPES = (rq.CreateQueue, rq.QueueOp, rq.PurgeQueue, rq.ListQueues, rq.Send, rq.Receive, rq.Delete, rq.ChangeVisibility,
-                rq.Redrive, rq.ClusterStatus)
+RESULT_TYPES = (rq.CreateQueue, rq.QueueOp, rq.PurgeQueue, rq.ListQueues, rq.Send, rq.Receive, rq.Delete,
+                rq.ChangeVisibility, rq.Redrive, rq.ClusterStatus)
 NAME = re.compile(r"[A-Za-z0-9_-]{1,80}\Z")
 
 
