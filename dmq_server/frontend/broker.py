@@ -38,10 +38,7 @@ def _now_ms() -> int:
 
 
 def _purge(local: LocalPartition, purge_id: str | None) -> Awaitable[Any]:
-    command: dict[str, Any] = {"op": "purge", "now": _now_ms()}
-    if purge_id is not None:
-        command["purge_id"] = purge_id
-    return local.command(command)
+    return local.command({"op": "purge", "now": _now_ms(), "purge_id": purge_id})  # the store takes a null id
 
 
 class Broker:
