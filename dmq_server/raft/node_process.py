@@ -615,15 +615,24 @@ class LocalCluster:
             time.sleep(0.05)
         raise TimeoutError(f"no leader within {timeout} s")
 
-    def wait_converged(self, nodes: Sequence[NodeProcess] | None = None, timeout: float = 60.0) -> int:
-        """Wait until every node (default: the live ones) applied the leader's commit index; return it."""
+    def wait_converged(self, nodes: Sequence[NodeProcess] | None = None, timeout: float = 60.0, *,
+                       settled: bool = False) -> int:
+        """Wait until every node (default: the live ones) applied the leader's commit index; return it.
+        `settled`: also until the leader has committed its whole log and every node applied exactly that, so
+        nothing is in flight (a new leader's no-op may still be uncommitted when it first reports a quorum) and
+        the replicas' stores can be compared. Only once nothing submits any more."""
         nodes = list(nodes) if nodes is not None else [n for n in self.nodes if n.alive()]
         deadline = time.monotonic() + timeout
         while True:
             leader = self.wait_leader(max(1.0, deadline - time.monotonic()))
-            target = leader.call("status")["commit"]
+            status = leader.call("status")
+            target = status["commit"]
             statuses = [n.call("status") for n in nodes]
-            if all(s["applied"] >= target for s in statuses):
+            if settled:
+                done = status["log_last"] == target and all(s["applied"] == target for s in statuses)
+            else:
+                done = all(s["applied"] >= target for s in statuses)
+            if done:
                 return target
             if time.monotonic() > deadline:
                 raise TimeoutError(f"not converged on {target} within {timeout} s: "

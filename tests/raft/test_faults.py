@@ -75,8 +75,8 @@ class Harness:
     # -------------------------------------------------------------- checks
 
     def check_replicas(self, expected_acks: set[str] | None = None, min_acks: int = 1) -> list[dict]:
-        """Converge, then: identical stores everywhere, every ack present, no duplicate."""
-        self.cluster.wait_converged(nodes=self.nodes, timeout=90)
+        """Converge with nothing in flight, then: identical stores everywhere, every ack present, no duplicate."""
+        self.cluster.wait_converged(nodes=self.nodes, timeout=90, settled=True)
         dumps = [node.call("dump", wait=120) for node in self.nodes]
         acks = self.acknowledged() if expected_acks is None else expected_acks
         assert len(acks) >= min_acks * K, f"too few acknowledged writes to check: {len(acks)}"
