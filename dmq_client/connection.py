@@ -36,10 +36,11 @@ def _check_welcome(welcome: dict[str, Any], address: str) -> dict[str, Any]:
     return welcome
 
 
-def _answer(message: dict[str, Any]) -> Any:
-    if "error" in message:
-        raise error_from(message["error"])
-    return message.get("result")
+def _checked(answer: dict[str, Any]) -> dict[str, Any]:
+    """The answer to a request, its error raised."""
+    if "error" in answer:
+        raise error_from(answer["error"])
+    return answer
 
 
 class Connection:
@@ -142,7 +143,7 @@ class Connection:
     def call(self, op: str, args: dict[str, Any] | None = None, timeout: float = DEFAULT_TIMEOUT) -> Any:
         future = self.submit(op, args or {})
         try:
-            return _answer(future.result(timeout))
+            return _checked(future.result(timeout)).get("result")
         except TimeoutError:
             raise Timeout(f"{op} got no answer from {self.address} within {timeout} s; the outcome is unknown") \
                 from None
@@ -247,7 +248,12 @@ class AsyncConnection:
 
     async def call(self, op: str, args: dict[str, Any] | None = None, timeout: float = DEFAULT_TIMEOUT,
                    **envelope: Any) -> Any:
-        """One request; `envelope` adds top-level fields (node-to-node forwarding uses them)."""
+        """One request's result; `envelope` adds top-level fields (node-to-node forwarding uses them)."""
+        return (await self.answer(op, args, timeout, **envelope)).get("result")
+
+    async def answer(self, op: str, args: dict[str, Any] | None = None, timeout: float = DEFAULT_TIMEOUT,
+                     **envelope: Any) -> dict[str, Any]:
+        """One request's whole answer: its result, and hints such as "leaders" (docs/PROTOCOL.md)."""
         if self._closed is not None:
             raise self._closed
         request_id = next(self._ids)
@@ -261,7 +267,7 @@ class AsyncConnection:
             self._waiting.pop(request_id, None)
             raise
         try:
-            return _answer(await asyncio.wait_for(future, timeout))
+            return _checked(await asyncio.wait_for(future, timeout))
         except asyncio.TimeoutError:
             raise Timeout(f"{op} got no answer from {self.address} within {timeout} s; the outcome is unknown") \
                 from None

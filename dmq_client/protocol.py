@@ -8,7 +8,8 @@ Session:
     server -> {"dmq": VERSION, "node": str, "max_frame_bytes": int, "max_in_flight": int}
               or {"error": {"code": ..., "message": ...}} and the connection closes
     client -> {"id": int, "op": str, "args": {...}}                            any number, pipelined
-    server -> {"id": int, "result": ...} or {"id": int, "error": {"code", "message", "leader"?}}
+    server -> {"id": int, "result": ..., "leaders"?: [[partition, address], ...]}
+              or {"id": int, "error": {"code", "message", "leader"?}}
 Answers may come back in any order; `id` pairs them. docs/PROTOCOL.md lists every operation and error code.
 """
 
@@ -128,7 +129,12 @@ def request(request_id: int, op: str, args: dict[str, Any]) -> dict[str, Any]:
     return {"id": request_id, "op": op, "args": args}
 
 
-def result(request_id: int, value: Any) -> dict[str, Any]:
+def result(request_id: int, value: Any, leaders: dict[int, str] | None = None) -> dict[str, Any]:
+    """`leaders`: partition -> client address of its leader, for the partitions whose part of the request the
+    node forwarded (the client's cached leader was stale). Sent as [[partition, address], ...]: map keys are
+    text on the wire."""
+    if leaders:
+        return {"id": request_id, "result": value, "leaders": [[p, address] for p, address in leaders.items()]}
     return {"id": request_id, "result": value}
 
 

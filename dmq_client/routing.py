@@ -45,6 +45,18 @@ class QueueRoute:
     def fifo(self) -> bool:
         return bool(self.attributes.get("fifo", False))
 
+    def learn_leaders(self, leaders: Any) -> None:
+        """Take the leaders a node named when it forwarded parts of a request: the partitions' leaders moved
+        since the lookup (the cluster hands leadership to preferred replicas after a create or a failover), and
+        requests sent straight to them save the forwarding hop."""
+        if not isinstance(leaders, list):
+            return
+        for pair in leaders:
+            if isinstance(pair, list) and len(pair) == 2:
+                partition, address = pair
+                if type(partition) is int and 0 <= partition < len(self.leaders) and isinstance(address, str):
+                    self.leaders[partition] = address
+
     @classmethod
     def from_description(cls, description: dict[str, Any]) -> "QueueRoute":
         return cls(description["name"], description["id"], dict(description.get("attributes", {})),
@@ -131,8 +143,13 @@ class Router:
         raise Unavailable(f"{what}: gave up after {MAX_ATTEMPTS} attempts")
 
     async def call(self, address: str, op: str, args: dict[str, Any], timeout: float | None = None) -> Any:
+        return (await self.answer(address, op, args, timeout)).get("result")
+
+    async def answer(self, address: str, op: str, args: dict[str, Any],
+                     timeout: float | None = None) -> dict[str, Any]:
+        """The whole answer: the result and the node's hints."""
         conn = await self.connection(address)
-        return await conn.call(op, args, self.request_timeout if timeout is None else timeout)
+        return await conn.answer(op, args, self.request_timeout if timeout is None else timeout)
 
     async def call_any(self, op: str, args: dict[str, Any], timeout: float | None = None) -> Any:
         """An operation any node serves (metadata, cluster status): a seed per attempt, retried."""
@@ -184,7 +201,7 @@ class Router:
                 raise InvalidRequest(f"queue {queue!r} has {route.partitions} partitions, not {partition + 1}")
             address = self._address_for(route, partition)
             try:
-                return await self.call(address, op, args, timeout)
+                answer = await self.answer(address, op, args, timeout)
             except NotLeader as exc:
                 if exc.leader and partition is not None:
                     route.leaders[partition] = exc.leader
@@ -204,6 +221,8 @@ class Router:
                 if partition is not None and route.leaders[partition] == address:
                     route.leaders[partition] = None  # ask elsewhere next time
                 raise
+            route.learn_leaders(answer.get("leaders"))
+            return answer.get("result")
 
         return await self.retrying(attempt, f"{op} on {queue!r}", deadline)
 

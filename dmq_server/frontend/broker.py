@@ -5,6 +5,7 @@ role), once, with the principal it is done for."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import time
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,10 @@ FORWARD_LEADER_CHECK_SECONDS = 0.1  # a forwarded request checks this often that
 READ_INDEX_SECONDS = 1.0  # a follower's metadata read waits at most this long for the leader and for catching up
 
 
+# The request being handled: partition -> the client address of the node its part was forwarded to (and done by).
+_forwarded_to: contextvars.ContextVar[dict[int, str] | None] = contextvars.ContextVar("forwarded_to", default=None)
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -55,9 +60,13 @@ class Broker:
 
     # ------------------------------------------------------------------ entry point
 
-    async def handle(self, identity: Identity, op: Any, args: Any, on_behalf: Any = None) -> Any:
+    async def handle(self, identity: Identity, op: Any, args: Any, on_behalf: Any = None,
+                     forwarded_to: dict[int, str] | None = None) -> Any:
         """Run one request for `identity`. Another node forwards with `on_behalf` (the principal's name); such a
-        request is executed here or refused, never forwarded again."""
+        request is executed here or refused, never forwarded again. `forwarded_to` is filled with the partitions
+        whose part of the request another node did, and that node's client address: their leader, for the
+        client's cache."""
+        _forwarded_to.set(forwarded_to)
         forwarded = identity.internal and isinstance(on_behalf, str)
         principal = on_behalf if forwarded else identity.name
         if identity.internal and op in self._internal_ops:
@@ -317,11 +326,16 @@ class Broker:
         if op not in ("delete", "change_visibility"):  # these take no 'partition': their receipts name it
             args["partition"] = partition
         try:
-            return await self._forward(group_id, hint, op, args, principal)
+            answer = await self._forward(group_id, hint, op, args, principal)
         except RequestError as exc:
             if exc.code != ErrorCode.NOT_LEADER or not exc.leader or exc.leader == hint:
                 raise
-            return await self._forward(group_id, exc.leader, op, args, principal)
+            hint = exc.leader
+            answer = await self._forward(group_id, hint, op, args, principal)
+        forwarded_to = _forwarded_to.get()
+        if forwarded_to is not None:
+            forwarded_to[partition] = hint
+        return answer
 
     async def _forward(self, group_id: str, address: str, op: str, args: dict[str, Any], principal: str) -> Any:
         """`op` at the partition leader at `address`. When this node learns of another leader meanwhile, or no

@@ -128,9 +128,11 @@ class Session(asyncio.Protocol):
         started = time.perf_counter()
         code = None
         assert self._identity is not None
+        forwarded_to: dict[int, str] = {}
         try:
             answer = protocol.result(request_id, await self._server.broker.handle(self._identity, op, args,
-                                                                                  on_behalf))
+                                                                                  on_behalf, forwarded_to),
+                                     leaders=forwarded_to)
         except RequestError as exc:
             code = exc.code.value
             answer = protocol.error(request_id, exc.code, exc.message, exc.leader)

@@ -15,6 +15,7 @@ import pytest
 
 from dmq_client import (AsyncClient, BatchError, Client, InvalidRequest, MessageTooLarge, QueueAlreadyExists,
                         QueueFull, QueueInfo, QueueNotFound, ReceiptExpired, SendEntry, Timeout)
+from dmq_client.routing import QueueRoute
 from dmq_client.testing import LocalCluster, cluster
 
 from .lossy_relay import LossyRelay
@@ -139,6 +140,31 @@ def test_a_partition_seen_leaderless_gets_traffic_again(dmq: LocalCluster) -> No
                 await asyncio.sleep(0.05)
             assert "1" in partitions, f"sends went only to partitions {sorted(partitions)}"
     asyncio.run(scenario())
+
+
+def test_a_stale_leader_in_the_route_is_corrected_by_the_node_that_forwards(dmq: LocalCluster) -> None:
+    """Leadership moves after a lookup (the cluster hands it to preferred replicas after a create): the node the
+    client still asks forwards, and names the leader in its answer, so the next request goes straight there."""
+    async def scenario() -> None:
+        async with AsyncClient(dmq.addresses) as c:
+            name = fresh("stale-leader")
+            await c.create_queue(name, partitions=2)
+            route = await c._router.route(name, refresh=True)
+            leader = route.leaders[0]
+            assert leader is not None
+            route.leaders[0] = next(address for address in dmq.addresses if address != leader)
+            await c._router.on_partition(name, 0, "send", {"queue": name, "partition": 0,
+                                                           "messages": [{"body": b"x"}]})
+            now = (await c._router.route(name, refresh=True)).leaders[0]
+            assert route.leaders[0] == now, f"the client still sends partition 0 to {route.leaders[0]}, not {now}"
+    asyncio.run(scenario())
+
+
+def test_a_route_ignores_malformed_leader_hints() -> None:
+    route = QueueRoute("q", 1, {}, ["a:1", "b:2"])
+    route.learn_leaders([[0, "c:3"], [2, "d:4"], [-1, "e:5"], ["1", "f:6"], [1, 7], [True, "g:8"], [1], "h:9"])
+    route.learn_leaders({1: "i:10"})
+    assert route.leaders == ["c:3", "b:2"]
 
 
 # ---------------------------------------------------------------------------------------------- messages
@@ -303,7 +329,7 @@ def test_a_lost_answer_is_retried_without_a_duplicate(client: Client, monkeypatc
     name = fresh("lost-answer")
     client.create_queue(name, partitions=2)
     router = client._async._router
-    original = router.call
+    original = router.answer
     dropped: list[str] = []
 
     async def drop_first_send_answer(address: str, op: str, args: dict[str, Any], timeout: float | None = None) -> Any:
@@ -313,10 +339,10 @@ def test_a_lost_answer_is_retried_without_a_duplicate(client: Client, monkeypatc
             raise Timeout("the answer was lost on the way back")
         return answer
 
-    monkeypatch.setattr(router, "call", drop_first_send_answer)
+    monkeypatch.setattr(router, "answer", drop_first_send_answer)
     ids = client.send_batch(name, [b"once-1", b"once-2", b"once-3"])
     assert dropped and len(ids) == 3
-    monkeypatch.setattr(router, "call", original)
+    monkeypatch.setattr(router, "answer", original)
     assert sorted(drain(client, name, 3)) == [b"once-1", b"once-2", b"once-3"]
 
 
