@@ -52,6 +52,7 @@ from typing import Any
 
 from .connection import Connection
 from .errors import DmqError
+from .mappings import deep_merge
 
 __all__ = ["ACTIVE", "TABLES", "ClusterError", "LocalCluster", "add_log_sections", "cluster", "free_ports",
            "node_configs", "to_toml"]
@@ -165,18 +166,6 @@ def to_toml(doc: Mapping[str, Any]) -> str:
     lines: list[str] = []
     _table([], doc, lines)
     return "\n".join(lines).lstrip("\n") + "\n"
-
-
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """`over` merged into `base` key by key, like dmq_server.config's overrides: dicts merge, the rest
-    replaces."""
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 # ---------------------------------------------------------------------------------------------- processes
@@ -489,7 +478,7 @@ def node_configs(nodes: int, root: str | os.PathLike[str], **node_options: Mappi
             # a [cluster] table even for one node: fixed Raft ports, the same config path for every size
             "cluster": {"secret": secret, "metadata_nodes": _metadata_nodes(ids), "nodes": entries},
         }
-        texts.append(to_toml(_merge(doc, node_options)))
+        texts.append(to_toml(deep_merge(doc, node_options)))
     return texts
 
 

@@ -81,6 +81,8 @@ import tomllib
 from collections.abc import Callable
 from typing import Any
 
+from dmq_client.mappings import deep_merge
+
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the file and key and says what to fix."""
@@ -319,7 +321,7 @@ def parse_config(text: str, source: str = "<config>", *, overrides: dict | None 
     if overrides is not None:
         if not isinstance(overrides, dict):
             raise ConfigError(f"overrides must be a dict of tables, got {type(overrides).__name__}")
-        doc = _merge(doc, overrides)
+        doc = deep_merge(doc, overrides)
     return _build(doc, source, base_dir if base_dir is not None else os.getcwd())
 
 
@@ -351,16 +353,6 @@ def _absolute(path: str) -> str:
 
 def _default(cls: type, name: str) -> Any:
     return next(f.default for f in dataclasses.fields(cls) if f.name == name)
-
-
-def _merge(base: dict, over: dict) -> dict:
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def _toml_type(value: Any) -> str:

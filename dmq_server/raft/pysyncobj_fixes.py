@@ -63,7 +63,6 @@ import logging
 import os
 import threading
 
-import pysyncobj
 import pysyncobj.journal as _ps_journal
 import pysyncobj.pickle as pickle
 import pysyncobj.serializer as _ps_serializer

@@ -58,7 +58,6 @@ import pickle
 import socket
 import struct
 import threading
-import time
 import zlib
 
 from pysyncobj.monotonic import monotonic as _now  # pysyncobj's clock (CLOCK_MONOTONIC_RAW), not time.monotonic
