@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 # A command is bounded well below what one Raft entry should carry: a batch of 1,000 messages of 1 KiB, or one
 # of the largest messages a queue accepts, with room for the envelope.
 MAX_COMMAND_BYTES = 2 << 20
+HANDOVER_PATIENCE = 1.0  # seconds a leadership handover keeps asking for a target that is not caught up yet
+STEP_DOWN_RETRY = 0.1  # seconds: a planned stop's handover is asked again this often while this replica leads
 _SNAPSHOT_META = "raft.msgpack"
 _SNAPSHOT_STORE = "store"
 
@@ -185,7 +187,6 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
         transport = None if host is None else host.transport_for(spec.group_id)
         self._tick_actions: collections.deque[Callable[[], None]] = collections.deque()
         super().__init__(spec.self_address, list(spec.peers), conf, transport=transport)
-        self.addOnTickCallback(self._run_tick_actions)
         if host is not None:
             host.add(self)
 
@@ -367,26 +368,45 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
         deadline = time.monotonic() + timeout
         requested_at = 0.0
         while self._isLeader() and time.monotonic() < deadline:
-            if time.monotonic() - requested_at > 0.1:  # denied while no follower is fully caught up: retry
+            if time.monotonic() - requested_at > STEP_DOWN_RETRY:  # granted, and the target did not win: again
                 requested_at = time.monotonic()
-                self._on_next_tick(self.transferLeadership)
+                self._transfer_leadership(None, lambda handed: None, STEP_DOWN_RETRY)
             time.sleep(0.005)
         return not self._isLeader()
 
-    def hand_leadership_to(self, address: str, outcome: Callable[[bool], None]) -> None:
+    def hand_leadership_to(self, address: str, outcome: Callable[[bool], None],
+                           patience: float = HANDOVER_PATIENCE) -> None:
         """Ask the replica at `address` to take leadership over (Raft TimeoutNow), from the tick thread.
         `outcome(False)` when pysyncobj denies it: this replica does not lead, or that one is not caught up."""
-        self._on_next_tick(lambda: self.transferLeadership(
-            address, lambda _, error: outcome(error == FAIL_REASON.SUCCESS)))
+        self._transfer_leadership(address, outcome, patience)
+
+    def _transfer_leadership(self, address: str | None, outcome: Callable[[bool], None], patience: float) -> None:
+        """pysyncobj grants a transfer only while the target holds every entry of the leader's log, which under
+        load is true for moments between appends: a denied request is asked again at each tick, before the tick
+        appends new commands, for up to `patience` seconds. `address` None: the most caught-up follower."""
+        give_up_at = time.monotonic() + patience
+
+        def attempt() -> None:
+            self.transferLeadership(address, answered)
+
+        def answered(_: Any, error: int) -> None:
+            if error == FAIL_REASON.REQUEST_DENIED and time.monotonic() < give_up_at:
+                self._on_next_tick(attempt)
+            else:
+                outcome(error == FAIL_REASON.SUCCESS)
+
+        self._on_next_tick(attempt)
 
     def _on_next_tick(self, action: Callable[[], None]) -> None:
-        """Run `action` once on the tick thread, where pysyncobj's Raft state may be touched. (A tick callback
-        cannot remove itself: pysyncobj holds its callback lock while it runs them.)"""
+        """Run `action` once on the tick thread, where pysyncobj's Raft state may be touched, at the start of the
+        next tick: after the poll took the followers' acknowledgements in, before new commands are appended."""
         self._tick_actions.append(action)
 
     def _dmq_afterSync(self) -> None:
-        """Leader-mode acknowledgements: right after the tick's fsync, entries this leader's log holds durably
-        are acknowledged, without waiting for the followers."""
+        """The actions queued for this tick; then leader-mode acknowledgements: right after the tick's fsync,
+        entries this leader's log holds durably are acknowledged, without waiting for the followers."""
+        for _ in range(len(self._tick_actions)):  # an action queued by one of these runs at the next tick
+            self._tick_actions.popleft()()
         waiting = self._SyncObj__commandsWaitingCommit
         if not waiting or not self._isLeader():
             return
@@ -398,10 +418,6 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
                 leader_ack = getattr(callback, "leader_ack", None)
                 if leader_ack is not None:
                     leader_ack.durable(index, term)
-
-    def _run_tick_actions(self) -> None:
-        while self._tick_actions:
-            self._tick_actions.popleft()()
 
     def close(self, *, graceful: bool = True) -> None:
         """Stop: hand leadership over first (graceful), then stop ticking and close the log and the store

@@ -36,6 +36,9 @@ dmq depends on the published pysyncobj package, unmodified. What it needs change
    * ``__onBecomeLeader`` and ``_onTick`` are wrapped (not copied) to fsync the log: at the top of every tick,
      before the leader counts its own entries toward commit (so "committed" means "durable on a majority"), and
      right after a new leader appended its no-op (a one-node group computes its commit in the same tick).
+   * ``transferLeadership`` and ``_checkCommandsToApply`` are wrapped so that a leader that sent ``timeout_now``
+     appends no new command until it steps down (or an election timeout passes): entries appended meanwhile made
+     the target's log the shorter one, and the other voters refused it (Raft thesis §3.10).
    * Pre-vote (Raft thesis §9.6): the ``_onTick`` wrapper holds a ``pre_vote`` round before any election, and
      ``__onMessageReceived`` answers it without changing a term. A replica cut off from the others no longer
      deposes a healthy leader with a higher term when the network heals.
@@ -104,6 +107,7 @@ def _targets():
         "SyncObj.__loadDumpFile": S._SyncObj__loadDumpFile,
         "SyncObj.__onBecomeLeader": S._SyncObj__onBecomeLeader,
         "SyncObj._onTick": S._onTick,
+        "SyncObj.transferLeadership": S.transferLeadership,
         "journal.createJournal": _ps_journal.createJournal,
         "pickle.dumps": pickle.dumps,
         "pickle.dump": pickle.dump,
@@ -147,6 +151,7 @@ FINGERPRINTS = {
     "SyncObj.__loadDumpFile": "ec66e83905de703b",
     "SyncObj.__onBecomeLeader": "5a3fd97bc17dc1cf",
     "SyncObj._onTick": "cc9eb08232d005ba",
+    "SyncObj.transferLeadership": "c3ac67963962d9aa",
     "journal.createJournal": "9ea9e463ae2a0b8b",
     "pickle.dumps": "9d907d0e2ec81365",
     "pickle.dump": "8632a4ffab1a6a8a",
@@ -264,6 +269,7 @@ class SyncObj(_StockSyncObj):
         self._dmq_preVotes = 0  # grants in that round, this node's own included
         self._dmq_preVoteWon = False  # a majority granted: this tick starts the real election
         self._dmq_leaderContact = 0.0  # monotonic time of the last append_entries from the current leader
+        self._dmq_handoverUntil = 0.0  # monotonic time until which a leader that sent timeout_now appends nothing
         super().__init__(*args, **kwargs)
 
     # -- durability hooks ----------------------------------------------------------------------------------------
@@ -308,9 +314,35 @@ class SyncObj(_StockSyncObj):
         what is durable locally here)."""
 
     def __onBecomeLeader(self):
+        self._dmq_handoverUntil = 0.0
         _StockSyncObj._SyncObj__onBecomeLeader(self)
         # DMQ: the no-op is durable before a one-node group counts it toward commit later in this tick.
         self._dmq_syncLog()
+
+    # -- leadership handover (Raft thesis §3.10) -------------------------------------------------------------------
+
+    # DMQ: stock pysyncobj sends timeout_now and goes on appending commands. Its log, and soon the other followers',
+    # is then longer than the target's, which they refuse their votes: under writes a granted handover ended in a
+    # failed election. A leader that sent timeout_now now appends nothing more until it steps down, or for at most
+    # an election timeout if the target does not win; commands wait in the queue meanwhile, and are applied by the
+    # leader that follows (pysyncobj forwards them) or by this one.
+
+    def transferLeadership(self, node=None, callback=None):
+        if isinstance(callback, tuple):  # a request from another node: answered by pysyncobj itself
+            return super().transferLeadership(node, callback)
+
+        def answered(result, error):
+            if error == FAIL_REASON.SUCCESS:
+                self._dmq_handoverUntil = monotonicTime() + self.__conf.raftMaxTimeout
+            if callback is not None:
+                callback(result, error)
+
+        super().transferLeadership(node, answered)
+
+    def _checkCommandsToApply(self):
+        if self._dmq_handoverUntil > monotonicTime() and self.__raftState == _RAFT_STATE.LEADER:
+            return
+        super()._checkCommandsToApply()
 
     # -- pre-vote (Raft thesis §9.6) ------------------------------------------------------------------------------
 

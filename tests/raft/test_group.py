@@ -281,6 +281,54 @@ def test_a_handover_reports_whether_it_was_made(replicas: Replicas) -> None:
     wait_for(lambda: target.is_leader(), timeout=5, what="the target to lead")
 
 
+def test_a_handover_is_made_under_continuous_writes(replicas: Replicas) -> None:
+    """pysyncobj grants a handover only while the target holds the leader's whole log; under writes that is
+    true for moments between appends, so a single request was denied nearly always (a rebalance took 5-10 s)."""
+    leader = replicas.leader()
+    target = next(g for g in replicas.live() if g is not leader)
+    stop = threading.Event()
+    in_flight = threading.Semaphore(4)
+    submitted = [0]
+    outcomes_of_writes: list[object] = []
+
+    def answered(outcome: object) -> None:
+        outcomes_of_writes.append(outcome)
+        in_flight.release()
+
+    def write() -> None:
+        deadline = time.monotonic() + 10
+        while not stop.is_set() and time.monotonic() < deadline:
+            if not in_flight.acquire(timeout=1):
+                continue
+            try:
+                leader.submit({"op": "enqueue", "now": T0, "messages": [[b"w", None, None, None, None]]},
+                              answered)
+            except RaftUnavailable:
+                in_flight.release()
+                return  # leadership moved
+            submitted[0] += 1
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        wait_for(lambda: submitted[0] >= 200, timeout=10, what="writes under way")
+        outcomes: list[bool] = []
+        leader.hand_leadership_to(replicas.addresses[replicas.groups.index(target)], outcomes.append)
+        wait_for(lambda: bool(outcomes), timeout=5, what="the handover's outcome")
+        assert outcomes == [True], "the handover was denied while writes went on"
+        wait_for(lambda: target.is_leader(), timeout=5, what="the target to lead")
+    finally:
+        stop.set()
+        writer.join(timeout=15)
+    assert not writer.is_alive()
+    # The writes queued while the leader held its appends are answered too, none left waiting.
+    wait_for(lambda: len(outcomes_of_writes) == submitted[0], timeout=10, what="an answer to every write")
+    unexpected = [outcome for outcome in outcomes_of_writes
+                  if not (isinstance(outcome, dict) and ("result" in outcome
+                                                         or outcome.get("error") in ("NotLeader", "Unavailable")))]
+    assert not unexpected, unexpected[:4]
+
+
 def test_partitions_share_one_host_per_node(tmp_path) -> None:
     from dmq_server.raft.host import RaftHost
 
