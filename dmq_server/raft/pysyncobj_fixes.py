@@ -340,8 +340,10 @@ class SyncObj(_StockSyncObj):
         super().transferLeadership(node, answered)
 
     def _checkCommandsToApply(self):
-        if self._dmq_handoverUntil > monotonicTime() and self.__raftState == _RAFT_STATE.LEADER:
-            return
+        if self._dmq_handoverUntil:  # a handover under way (the clock is read only then: it costs a ctypes call)
+            if self._dmq_handoverUntil > monotonicTime() and self.__raftState == _RAFT_STATE.LEADER:
+                return
+            self._dmq_handoverUntil = 0.0
         super()._checkCommandsToApply()
 
     # -- pre-vote (Raft thesis §9.6) ------------------------------------------------------------------------------
