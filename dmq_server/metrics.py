@@ -34,6 +34,9 @@ class NodeMetrics:
         self._requests = Histogram("dmq_request_seconds", "Request latency by operation, as the node served it",
                                    ["op"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self._errors = Counter("dmq_errors", "Errors returned to clients, by code", ["code"], registry=self.registry)
+        self._forwarded = Counter("dmq_forwarded_requests", "Requests, or a partition's part of one, forwarded to "
+                                  "the partition's leader on another node, by operation", ["op"],
+                                  registry=self.registry)
         self._fsync = Histogram("dmq_raft_fsync_seconds", "Raft log fsync latency",
                                 buckets=LATENCY_BUCKETS, registry=self.registry)
         self._samples: Callable[[], list[PartitionSample]] = list
@@ -55,6 +58,9 @@ class NodeMetrics:
 
     def error(self, code: str) -> None:
         self._errors.labels(code).inc()
+
+    def forwarded(self, op: str) -> None:
+        self._forwarded.labels(op).inc()
 
     def fsync(self, seconds: float) -> None:
         self._fsync.observe(seconds)

@@ -341,6 +341,7 @@ class Broker:
         """`op` at the partition leader at `address`. When this node learns of another leader meanwhile, or no
         longer knows one, the answer is Unavailable at once, outcome unknown (the SDK retries, a send under its
         batch id): a request forwarded over a link that was then cut would otherwise wait for it to heal."""
+        self._metrics.forwarded(op)
         call = asyncio.ensure_future(self._peers.call(address, op, args, on_behalf=principal))
         try:
             while True:

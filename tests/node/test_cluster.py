@@ -410,6 +410,14 @@ def test_metrics_after_known_workload(cluster: Cluster, conns: list[Connection])
     for samples in scrapes:
         assert total([samples], "dmq_raft_fsync_seconds_count") > 0
 
+    # A send through a node that does not lead the partition is forwarded, and counted there.
+    leader = [c.address for c in conns].index(settled(conns[0], "met-q")["partitions"][0]["leader"])
+    other = (leader + 1) % 3
+    before = total([scrape(cluster.metrics_addresses[other])], "dmq_forwarded_requests_total", op="send")
+    conns[other].call("send", {"queue": "met-q", "partition": 0, "messages": [{"body": b"forwarded"}]})
+    after = total([scrape(cluster.metrics_addresses[other])], "dmq_forwarded_requests_total", op="send")
+    assert after - before == 1
+
     before = total([scrape(cluster.metrics_addresses[0])], "dmq_errors_total", code="QueueNotFound")
     with pytest.raises(QueueNotFound):
         conns[0].call("get_queue", {"name": "met-missing"})

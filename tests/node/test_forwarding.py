@@ -13,6 +13,7 @@ import pytest
 from dmq_client.protocol import ErrorCode
 from dmq_server.frontend.broker import Broker
 from dmq_server.frontend.requests import RequestError
+from dmq_server.metrics import NodeMetrics
 
 
 class _StuckPeers:
@@ -40,7 +41,8 @@ class _Topology:
 
 
 def _broker(topology: _Topology, peers: _StuckPeers) -> Broker:
-    return Broker(asyncio.get_running_loop(), topology, peers, None, max_queues=1, max_partitions=1)  # type: ignore[arg-type]
+    return Broker(asyncio.get_running_loop(), topology, peers, NodeMetrics("n1", ()),  # type: ignore[arg-type]
+                  max_queues=1, max_partitions=1)
 
 
 @pytest.mark.timeout(30)
