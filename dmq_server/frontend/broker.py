@@ -34,8 +34,10 @@ FORWARD_LEADER_CHECK_SECONDS = 0.1  # a forwarded request checks this often that
 READ_INDEX_SECONDS = 1.0  # a follower's metadata read waits at most this long for the leader and for catching up
 
 
-# The request being handled: partition -> the client address of the node its part was forwarded to (and done by).
-_forwarded_to: contextvars.ContextVar[dict[int, str] | None] = contextvars.ContextVar("forwarded_to", default=None)
+# The request being handled: (queue, partition) -> the client address of the node its part was forwarded to (and
+# done by). Keyed by queue too: a redrive runs operations on two queues.
+_forwarded_to: contextvars.ContextVar[dict[tuple[str, int], str] | None] = contextvars.ContextVar("forwarded_to",
+                                                                                                 default=None)
 
 
 def _now_ms() -> int:
@@ -66,7 +68,8 @@ class Broker:
         request is executed here or refused, never forwarded again. `forwarded_to` is filled with the partitions
         whose part of the request another node did, and that node's client address: their leader, for the
         client's cache."""
-        _forwarded_to.set(forwarded_to)
+        forwards: dict[tuple[str, int], str] = {}
+        _forwarded_to.set(forwards)
         forwarded = identity.internal and isinstance(on_behalf, str)
         principal = on_behalf if forwarded else identity.name
         if identity.internal and op in self._internal_ops:
@@ -81,7 +84,11 @@ class Broker:
             handler = _QUEUE_OPS[request.op]
         else:
             handler = self._handlers[type(request)]
-        return await handler(self, request, identity, principal, forwarded)
+        answer = await handler(self, request, identity, principal, forwarded)
+        if forwarded_to is not None and forwards:
+            forwarded_to.update((partition, address) for (name, partition), address in forwards.items()
+                                if name == queue)
+        return answer
 
     # ------------------------------------------------------------------ metadata operations
 
@@ -332,9 +339,9 @@ class Broker:
                 raise
             hint = exc.leader
             answer = await self._forward(group_id, hint, op, args, principal)
-        forwarded_to = _forwarded_to.get()
-        if forwarded_to is not None:
-            forwarded_to[partition] = hint
+        forwards = _forwarded_to.get()
+        if forwards is not None:
+            forwards[record["name"], partition] = hint
         return answer
 
     async def _forward(self, group_id: str, address: str, op: str, args: dict[str, Any], principal: str) -> Any:

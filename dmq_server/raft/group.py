@@ -406,7 +406,11 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
         """The actions queued for this tick; then leader-mode acknowledgements: right after the tick's fsync,
         entries this leader's log holds durably are acknowledged, without waiting for the followers."""
         for _ in range(len(self._tick_actions)):  # an action queued by one of these runs at the next tick
-            self._tick_actions.popleft()()
+            action = self._tick_actions.popleft()
+            try:
+                action()
+            except Exception:  # a caller's callback must not cost the group its tick
+                log.exception("group %s: a tick action failed", self.spec.group_id)
         waiting = self._SyncObj__commandsWaitingCommit
         if not waiting or not self._isLeader():
             return

@@ -324,12 +324,17 @@ class SyncObj(_StockSyncObj):
     # DMQ: stock pysyncobj sends timeout_now and goes on appending commands. Its log, and soon the other followers',
     # is then longer than the target's, which they refuse their votes: under writes a granted handover ended in a
     # failed election. A leader that sent timeout_now now appends nothing more until it steps down, or for at most
-    # an election timeout if the target does not win; commands wait in the queue meanwhile, and are applied by the
-    # leader that follows (pysyncobj forwards them) or by this one.
+    # an election timeout if the target does not win; another transfer is refused meanwhile (it would stretch the
+    # pause). Commands that arrive meanwhile wait in the queue: this leader appends them if it stays, and pysyncobj
+    # forwards them to the new leader if it stepped down (as it does with any command queued at a leader change).
 
     def transferLeadership(self, node=None, callback=None):
         if isinstance(callback, tuple):  # a request from another node: answered by pysyncobj itself
             return super().transferLeadership(node, callback)
+        if self._dmq_handoverUntil > monotonicTime() and self.__raftState == _RAFT_STATE.LEADER:
+            if callback is not None:
+                callback(None, FAIL_REASON.REQUEST_DENIED)
+            return
 
         def answered(result, error):
             if error == FAIL_REASON.SUCCESS:

@@ -329,6 +329,42 @@ def test_a_handover_is_made_under_continuous_writes(replicas: Replicas) -> None:
     assert not unexpected, unexpected[:4]
 
 
+def test_writes_that_arrive_during_a_handover_are_applied_once(replicas: Replicas) -> None:
+    """The leader appends nothing once it sent timeout_now; writes that arrive meanwhile wait in its queue and go
+    to the new leader with the queue (pysyncobj forwards what a leader that stepped down still holds). Writes
+    queued just behind the request usually meet the pause (the new leader's term is on their entries); when the
+    tick appended them first, the old leader did. Either way every write is answered at once, and applied once."""
+    replicas.submit("enqueue", messages=[[b"before", None, None, None, None]])
+    applied = 1
+    paused_rounds = 0
+    for _ in range(6):
+        leader = replicas.leader()
+        target = next(g for g in replicas.live() if g is not leader)
+        match = leader._SyncObj__raftMatchIndex  # type: ignore[attr-defined]
+        wait_for(lambda: all(index == leader._SyncObj__getCurrentLogIndex() for index in list(match.values())),
+                 what="followers caught up")
+        outcomes: list[bool] = []
+        answers: list[dict] = []
+        started = time.monotonic()
+        leader.hand_leadership_to(replicas.addresses[replicas.groups.index(target)], outcomes.append)
+        for i in range(5):
+            leader.submit({"op": "enqueue", "now": T0, "messages": [[b"during %d" % i, None, None, None, None]]},
+                          answers.append)
+        wait_for(lambda: len(answers) == 5 and bool(outcomes), timeout=5, what="an answer to each write")
+        assert time.monotonic() - started < 3
+        assert outcomes == [True]
+        wait_for(lambda: target.is_leader(), timeout=5, what="the target to lead")
+        assert all("result" in answer for answer in answers), answers
+        applied += 5
+        entries = target._SyncObj__raftLog[-5:]  # type: ignore[attr-defined]
+        if all(term == target.raftCurrentTerm for _, _, term in entries):
+            paused_rounds += 1
+            if paused_rounds == 2:
+                break
+    assert paused_rounds, "no write ever met a handover's pause"
+    assert replicas.submit("enqueue", messages=[[b"after", None, None, None, None]])[0]["id"] == applied + 1
+
+
 def test_partitions_share_one_host_per_node(tmp_path) -> None:
     from dmq_server.raft.host import RaftHost
 
