@@ -36,8 +36,8 @@ READ_INDEX_SECONDS = 1.0  # a follower's metadata read waits at most this long f
 
 # The request being handled: (queue, partition) -> the client address of the node its part was forwarded to (and
 # done by). Keyed by queue too: a redrive runs operations on two queues.
-_forwarded_to: contextvars.ContextVar[dict[tuple[str, int], str] | None] = contextvars.ContextVar("forwarded_to",
-                                                                                                 default=None)
+_request_forwards: contextvars.ContextVar[dict[tuple[str, int], str] | None] = contextvars.ContextVar(
+    "request_forwards", default=None)
 
 
 def _now_ms() -> int:
@@ -68,8 +68,8 @@ class Broker:
         request is executed here or refused, never forwarded again. `forwarded_to` is filled with the partitions
         whose part of the request another node did, and that node's client address: their leader, for the
         client's cache."""
-        forwards: dict[tuple[str, int], str] = {}
-        _forwarded_to.set(forwards)
+        forwards: dict[tuple[str, int], str] | None = {} if forwarded_to is not None else None
+        _request_forwards.set(forwards)
         forwarded = identity.internal and isinstance(on_behalf, str)
         principal = on_behalf if forwarded else identity.name
         if identity.internal and op in self._internal_ops:
@@ -339,7 +339,7 @@ class Broker:
                 raise
             hint = exc.leader
             answer = await self._forward(group_id, hint, op, args, principal)
-        forwards = _forwarded_to.get()
+        forwards = _request_forwards.get()
         if forwards is not None:
             forwards[record["name"], partition] = hint
         return answer
