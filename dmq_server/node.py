@@ -32,7 +32,7 @@ from dmq_server.metrics import NodeMetrics, PartitionSample
 from dmq_server.raft import pysyncobj_fixes
 from dmq_server.raft.group import GroupSpec, GroupTimings, PartitionGroup
 from dmq_server.raft.host import RaftHost
-from dmq_server.raft.log import RaftLog
+from dmq_server.raft.log import LogSpace, RaftLog
 from dmq_server.store import StoreOptions
 from dmq_server.store.config import INT_RANGES, QueueConfig
 from dmq_server.store.limits import MAX_ATTRIBUTES
@@ -107,6 +107,8 @@ class Node:
         pysyncobj_fixes.install()
         RaftLog.observe_fsync = staticmethod(self.metrics.fsync)  # type: ignore[assignment]
         os.makedirs(os.path.join(config.data_dir, "partitions"), exist_ok=True)
+        # One Raft log database for every group of the node: one WAL, one fsync per round of the Raft loop.
+        self.log_space = await loop.run_in_executor(None, LogSpace, os.path.join(config.data_dir, "raftlog"))
         # A single node has no peers to authenticate; its Raft port still needs a secret.
         secret = config.secret or secrets.token_hex(16)
         self.host = RaftHost(str(config.raft_address), secret, bind_address=str(config.raft_bind))
@@ -118,7 +120,7 @@ class Node:
             spec = GroupSpec(METADATA_GROUP, str(me.raft), peers, os.path.join(config.data_dir, "metadata"),
                              self._timings())
             metadata_group = await loop.run_in_executor(None, lambda: PartitionGroup(
-                spec, host=self.host, store_factory=MetadataStoreFactory()))
+                spec, host=self.host, store_factory=MetadataStoreFactory(), log_space=self.log_space))
         self.topology = Topology(config.node_id, [Peer(n.id, str(n.raft), str(n.client)) for n in config.nodes],
                                  metadata_group)
         self.store_options = StoreOptions()
@@ -152,6 +154,8 @@ class Node:
             await loop.run_in_executor(None, lambda: topology.metadata_group.close(graceful=False))
         if getattr(self, "host", None) is not None:
             self.host.stop()
+        if getattr(self, "log_space", None) is not None:
+            self.log_space.close()
 
     def stop(self) -> None:
         if self._stopping is not None:
@@ -176,6 +180,7 @@ class Node:
         for group in groups:
             await loop.run_in_executor(None, lambda g=group: g.close(graceful=False))
         self.host.stop()
+        self.log_space.close()
         if self._metrics_server is not None:
             server, thread = self._metrics_server
             server.shutdown()
@@ -265,10 +270,11 @@ class Node:
         factory = PartitionStoreFactory(self.store_options,
                                         initial_queue_config(record["attrs"], len(record["partitions"])))
         log.info("hosting partition %d of queue %s (%s) with %s", index, record["name"], group_id, list(replicas))
-        return PartitionGroup(spec, host=self.host, store_factory=factory)
+        return PartitionGroup(spec, host=self.host, store_factory=factory, log_space=self.log_space)
 
     def _remove_partition(self, group: PartitionGroup) -> None:
         group.close(graceful=False)
+        self.log_space.drop(group.spec.group_id)  # before the directory: a start after a crash finds an orphan
         shutil.rmtree(group.spec.data_dir, ignore_errors=True)
         log.info("removed partition %s and its data (its queue was deleted)", group.spec.group_id)
 
@@ -277,6 +283,7 @@ class Node:
         root = os.path.join(self.config.data_dir, "partitions")
         for name in os.listdir(root):
             if name not in hosted and self._deleted(name, next_queue_id):
+                self.log_space.drop(name)
                 shutil.rmtree(os.path.join(root, name), ignore_errors=True)
                 log.info("removed data of partition %s (its queue was deleted)", name)
 

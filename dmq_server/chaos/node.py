@@ -42,27 +42,27 @@ def with_binds(config: NodeConfig, raft_bind: str | None, client_bind: str | Non
 
 
 def install_sync_recorder(path: str) -> None:
-    """Wrap RaftLog.sync/close so each fsync appends the log's WAL sizes to `path` (this process only)."""
-    from dmq_server.raft.log import RaftLog
+    """Wrap LogSpace.sync/close (every Raft log fsync goes through them) so each fsync appends the WAL sizes of
+    the log database to `path` (this process only)."""
+    from dmq_server.raft.log import LogSpace
 
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    original_sync, original_close = RaftLog.sync, RaftLog.close
+    original_sync, original_close = LogSpace.sync, LogSpace.close
 
-    def sync(self: RaftLog) -> bool:
-        synced = original_sync(self)
+    def sync(self: LogSpace, written: int) -> bool:
+        synced = original_sync(self, written)
         if synced:
-            record_synced_wals(self._path, fd)
+            record_synced_wals(self.path, fd)
         return synced
 
-    def close(self: RaftLog) -> None:
+    def close(self: LogSpace) -> None:
         was_open = not self._closed
         original_close(self)  # fsyncs the WAL, then closes
         if was_open:
-            record_synced_wals(self._path, fd)
+            record_synced_wals(self.path, fd)
 
-    RaftLog.sync = sync  # type: ignore[method-assign]
-    RaftLog.flush = sync  # type: ignore[method-assign]  # the Journal name pysyncobj may call
-    RaftLog.close = close  # type: ignore[method-assign]
+    LogSpace.sync = sync  # type: ignore[method-assign]
+    LogSpace.close = close  # type: ignore[method-assign]
 
 
 def main(argv: list[str] | None = None) -> None:

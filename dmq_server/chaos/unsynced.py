@@ -3,11 +3,11 @@ in its data directory back to what was fsynced.
 
 What is fsynced where (see the analysis in the module's report; file:line references are to dmq_server):
 
-* Raft logs (``<data>/metadata/raftlog``, ``<data>/partitions/<group>/raftlog``): every write is unsynced
-  (raft/log.py:92-93); ``RaftLog.sync`` makes all of them durable with ``flush_wal(True)`` (raft/log.py:408-419),
-  before acknowledgements and votes. Which WAL sizes were durable is known only to the node, so the node records
-  them: :func:`record_synced_wals` after each sync, appending ``<wal path> <size>`` lines to a sync record
-  (the chaos launcher `dmq_server.chaos.node` installs it; see its ``--sync-record``).
+* Raft logs (``<data>/raftlog``, one database for every group of the node, or ``.../raftlog`` of a group that
+  keeps a log of its own): every write is unsynced; ``LogSpace.sync`` (raft/log.py) makes all of them durable
+  with ``flush_wal(True)``, before acknowledgements and votes. Which WAL sizes were durable is known only to the
+  node, so the node records them: :func:`record_synced_wals` after each sync, appending ``<wal path> <size>``
+  lines to a sync record (the chaos launcher `dmq_server.chaos.node` installs it; see its ``--sync-record``).
 * Stores (``.../store``, partition and metadata): written without fsync (store/db.py:66-70) and never
   ``flush_wal(True)``-ed; only their SST files and MANIFEST (written by memtable flushes, which RocksDB fsyncs,
   and by the checkpoint of each snapshot, which flushes the memtable first) are durable. So the worst case

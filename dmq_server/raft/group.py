@@ -29,7 +29,7 @@ from dmq_server.store import CommandError, PartitionStoreFactory, StoreOptions
 
 from . import pysyncobj_fixes
 from .host import RaftHost
-from .log import RaftLog
+from .log import LogSpace, RaftLog
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +145,13 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
     runs callbacks; `submit` may be called from any thread."""
 
     def __init__(self, spec: GroupSpec, *, store_options: StoreOptions | None = None,
-                 host: RaftHost | None = None, store_factory: StoreFactory | None = None) -> None:
+                 host: RaftHost | None = None, store_factory: StoreFactory | None = None,
+                 log_space: LogSpace | None = None) -> None:
         """With a `host`, the group shares the node's port, connections and loop thread (how a node runs many
         partitions); without one it owns a pysyncobj TCP transport and tick thread (tests, tools). The state
-        machine comes from `store_factory`, by default a partition store with `store_options`."""
+        machine comes from `store_factory`, by default a partition store with `store_options`. With a
+        `log_space`, the Raft log is kept in the node's shared log (one fsync for all groups); without one, or
+        when the data directory already holds a log of its own, in `data_dir/raftlog`."""
         assert store_factory is None or store_options is None, "store options belong to the store factory"
         if not pysyncobj_fixes.installed():
             pysyncobj_fixes.install()
@@ -160,7 +163,11 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
         # The store and its lock exist before SyncObj starts ticking: loading a dump happens on the tick thread.
         self._store_lock = threading.RLock()
         self.store = self._store_factory.open(self._store_path)
-        self._raft_log = RaftLog(os.path.join(spec.data_dir, "raftlog"))
+        own_log = os.path.join(spec.data_dir, "raftlog")
+        if log_space is None or os.path.isdir(own_log):
+            self._raft_log = RaftLog(own_log)
+        else:
+            self._raft_log = RaftLog(space=log_space, group_id=spec.group_id)
         timings = spec.timings
         conf = SyncObjConf(
             journalFile=self._raft_log,

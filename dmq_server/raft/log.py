@@ -19,12 +19,16 @@ Durability model (group commit):
 * The commit index is only a restart hint (it lets a restarted node re-apply its committed entries without waiting
   for a leader); it is written lazily (``onOneSecondTimer`` / ``sync``) and clamped to the last entry on open.
 
-Storage layout (one RocksDB database per Raft group, raw mode, big-endian integers, default column family only):
+Storage layout (raw mode, big-endian integers, default column family only). A :class:`LogSpace` is one RocksDB
+database. A node keeps the logs of all its groups in one space, each under its own key prefix ``P`` (``b"g"`` +
+the group id's length (2) + the group id), so that one WAL fsync makes the writes of every group durable: a round
+of the node's Raft loop in which several groups appended pays for one fsync, not one per group. A log opened on a
+path of its own (tests, tools, a data directory written before the node shared its log) has the empty prefix.
 
-* ``b"e" + index(8)``  -> ``term(8) + command``    one key per entry
-* ``b"mfirst"``        -> ``index(8)``               first index of the log; absent when the log is empty
-* ``b"mterm"``         -> ``term(8) + vote``         vote: ``b"\\x00"`` for None, ``b"\\x01" + utf-8 node id``
-* ``b"mcommit"``       -> ``index(8)``               commit-index hint
+* ``P + b"e" + index(8)``  -> ``term(8) + command``    one key per entry
+* ``P + b"mfirst"``        -> ``index(8)``               first index of the log; absent when the log is empty
+* ``P + b"mterm"``         -> ``term(8) + vote``         vote: ``b"\\x00"`` for None, ``b"\\x01" + utf-8 node id``
+* ``P + b"mcommit"``       -> ``index(8)``               commit-index hint
 
 Entries are removed with range deletes (one tombstone per truncation or compaction). Reads of recent entries come
 from an in-memory tail cache, because pysyncobj reads the tail constantly (sending to followers, applying); older
@@ -43,14 +47,17 @@ from collections.abc import Callable
 from pysyncobj.journal import Journal
 from rocksdict import Options, ReadOptions, Rdict, WriteBatch, WriteOptions
 
-__all__ = ["RaftLog", "LogError"]
+__all__ = ["RaftLog", "LogSpace", "LogError"]
 
 _U64 = struct.Struct(">Q")
 _ENTRY_PREFIX = b"e"
-_ENTRY_END = b"f"  # exclusive upper bound of the entry key range
+_ENTRY_END = b"f"  # exclusive upper bound of the entry key range (after the group's prefix)
 _K_FIRST = b"mfirst"
 _K_TERM = b"mterm"
 _K_COMMIT = b"mcommit"
+_GROUP_MARK = b"g"
+_AFTER_GROUP_KEYS = b"\xff"  # a group's keys are its prefix + b"e..." or b"m..."
+MAX_GROUP_ID_BYTES = 1024
 _ENTRY_OVERHEAD = 96  # rough per-entry memory overhead of a cached tuple, for the cache byte budget
 
 
@@ -58,12 +65,76 @@ class LogError(Exception):
     """The caller broke the log's contract (non-contiguous index, ...) or the stored log is inconsistent."""
 
 
-def _ekey(index: int) -> bytes:
-    return _ENTRY_PREFIX + _U64.pack(index)
+def group_prefix(group_id: str) -> bytes:
+    """The key prefix of one group's log in a shared space. Length-prefixed, so no group's keys fall inside
+    another's range (``a`` and ``ab`` included)."""
+    raw = group_id.encode("utf-8")
+    assert 0 < len(raw) <= MAX_GROUP_ID_BYTES, group_id
+    return _GROUP_MARK + len(raw).to_bytes(2, "big") + raw
 
 
-def _decode_entry(key: bytes, value: bytes) -> tuple:
-    return (value[8:], _U64.unpack_from(key, 1)[0], _U64.unpack_from(value)[0])
+def _log_options() -> Options:
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    options.set_max_background_jobs(2)
+    options.set_max_total_wal_size(64 << 20)
+    options.set_write_buffer_size(16 << 20)
+    # Write flushed SST files back 1 MiB at a time: one large writeback at a flush's end made the next WAL
+    # fsync wait behind it for hundreds of milliseconds, long enough for an election.
+    options.set_bytes_per_sync(1 << 20)
+    return options
+
+
+class LogSpace:
+    """One RocksDB database holding Raft logs, and the fsync that makes them durable (group commit).
+
+    Writes are numbered; a log remembers the number of its last write and asks :meth:`sync` for it, which fsyncs
+    only when no fsync since that write has covered it already (a fsync of the WAL covers every write made
+    before it, whichever log made it)."""
+
+    def __init__(self, path: str, options: Options | None = None) -> None:
+        os.makedirs(path, exist_ok=True)
+        self.path = path
+        self.db = Rdict(path, options if options is not None else _log_options())
+        self._lock = threading.Lock()
+        self._written = 0  # number of the last write
+        self._synced = 0  # writes up to this number are durable
+        self._closed = False
+
+    def wrote(self) -> int:
+        """Count a write that has returned; its number, for :meth:`sync`."""
+        with self._lock:
+            self._written += 1
+            return self._written
+
+    def sync(self, written: int) -> bool:
+        """Make the writes up to number `written` durable: one WAL fsync (GIL released), unless one since did.
+        True if it fsynced."""
+        with self._lock:
+            if written <= self._synced:
+                return False
+            covered = self._written
+        started = time.perf_counter()
+        self.db.flush_wal(True)
+        RaftLog.observe_fsync(time.perf_counter() - started)
+        with self._lock:
+            self._synced = max(self._synced, covered)
+        return True
+
+    def drop(self, group_id: str) -> None:
+        """Delete every key of one group's log (its group was removed; its log is closed), durably."""
+        prefix = group_prefix(group_id)
+        self.db.delete_range(prefix, prefix + _AFTER_GROUP_KEYS)
+        self.sync(self.wrote())
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        started = time.perf_counter()
+        self.db.flush_wal(True)
+        RaftLog.observe_fsync(time.perf_counter() - started)
+        self.db.close()
+        self._closed = True
 
 
 class RaftLog(Journal):
@@ -75,20 +146,23 @@ class RaftLog(Journal):
     properties may be read from other threads.
     """
 
-    def __init__(self, path: str, *, cache_max_bytes: int = 64 << 20, cache_max_entries: int = 200_000,
-                 preload_entries: int = 1024, options: Options | None = None):
-        self._path = path
-        os.makedirs(path, exist_ok=True)
-        if options is None:
-            options = Options(raw_mode=True)
-            options.create_if_missing(True)
-            options.set_max_background_jobs(2)
-            options.set_max_total_wal_size(64 << 20)
-            options.set_write_buffer_size(16 << 20)
-            # Write flushed SST files back 1 MiB at a time: one large writeback at a flush's end made the next WAL
-            # fsync wait behind it for hundreds of milliseconds, long enough for an election.
-            options.set_bytes_per_sync(1 << 20)
-        self._db = Rdict(path, options)
+    def __init__(self, path: str | None = None, *, space: LogSpace | None = None, group_id: str | None = None,
+                 cache_max_bytes: int = 64 << 20, cache_max_entries: int = 200_000, preload_entries: int = 1024,
+                 options: Options | None = None):
+        """A log of its own at `path`, or the log of `group_id` in a node's shared `space`."""
+        assert (path is None) != (space is None), "a log lives at a path of its own or in a shared space"
+        assert (space is None) == (group_id is None), "a log in a shared space belongs to a group"
+        self._owns_space = space is None
+        self._space = LogSpace(path, options) if space is None else space
+        self._path = self._space.path
+        self._db = self._space.db
+        prefix = b"" if group_id is None else group_prefix(group_id)
+        self._prefix = prefix
+        self._entry_prefix = prefix + _ENTRY_PREFIX
+        self._entry_end = prefix + _ENTRY_END
+        self._k_first, self._k_term, self._k_commit = prefix + _K_FIRST, prefix + _K_TERM, prefix + _K_COMMIT
+        self._index_at = len(self._entry_prefix)  # where the index starts in an entry key
+        self._written = 0  # the space's number of this log's last write
         self._wo = WriteOptions()
         self._wo.sync = False
         self._cache_max_bytes = max(1, int(cache_max_bytes))
@@ -102,18 +176,18 @@ class RaftLog(Journal):
         self._durable_last = 0  # last index known durable (0: none)
 
         # Meta
-        raw = self._db.get(_K_TERM)
+        raw = self._db.get(self._k_term)
         if raw is None:
             self._term, self._vote = 0, None
         else:
             self._term = _U64.unpack_from(raw)[0]
             self._vote = raw[9:].decode("utf-8") if raw[8:9] == b"\x01" else None
-        raw = self._db.get(_K_COMMIT)
+        raw = self._db.get(self._k_commit)
         self._commit = _U64.unpack(raw)[0] if raw is not None else 1
         self._commit_saved = True
 
         # Bounds
-        raw = self._db.get(_K_FIRST)
+        raw = self._db.get(self._k_first)
         last = self._find_last_index()
         if raw is None and last is not None:
             raise LogError(f"stored log has entries (up to {last}) but no first-index record")
@@ -149,12 +223,18 @@ class RaftLog(Journal):
 
     # ------------------------------------------------------------------ helpers
 
+    def _ekey(self, index: int) -> bytes:
+        return self._entry_prefix + _U64.pack(index)
+
+    def _decode_entry(self, key: bytes, value: bytes) -> tuple:
+        return (value[8:], _U64.unpack_from(key, self._index_at)[0], _U64.unpack_from(value)[0])
+
     def _find_last_index(self):
         ro = ReadOptions()
-        ro.set_iterate_upper_bound(_ENTRY_END)
-        for key in self._db.keys(backwards=True, from_key=_ENTRY_END, read_opt=ro):
-            if key[:1] == _ENTRY_PREFIX:
-                return _U64.unpack_from(key, 1)[0]
+        ro.set_iterate_upper_bound(self._entry_end)
+        for key in self._db.keys(backwards=True, from_key=self._entry_end, read_opt=ro):
+            if key[:self._index_at] == self._entry_prefix:
+                return _U64.unpack_from(key, self._index_at)[0]
             break
         return None
 
@@ -163,11 +243,11 @@ class RaftLog(Journal):
         if hi <= lo:
             return []
         ro = ReadOptions()
-        ro.set_iterate_upper_bound(_ekey(hi))
+        ro.set_iterate_upper_bound(self._ekey(hi))
         out = []
         total = 0
-        for key, value in self._db.items(from_key=_ekey(lo), read_opt=ro):
-            e = _decode_entry(key, value)
+        for key, value in self._db.items(from_key=self._ekey(lo), read_opt=ro):
+            e = self._decode_entry(key, value)
             out.append(e)
             if max_bytes is not None:
                 total += len(e[0])
@@ -236,6 +316,7 @@ class RaftLog(Journal):
 
     def _mark_written(self) -> None:
         self._dirty = True
+        self._written = self._space.wrote()
 
     # ------------------------------------------------------------------ Journal interface
 
@@ -250,13 +331,13 @@ class RaftLog(Journal):
             first = None
         if first is not None:
             wb = WriteBatch(raw_mode=True)
-            wb.put(_ekey(idx), _U64.pack(term) + command)
-            wb.put(_K_FIRST, _U64.pack(idx))
+            wb.put(self._ekey(idx), _U64.pack(term) + command)
+            wb.put(self._k_first, _U64.pack(idx))
             self._db.write(wb, self._wo)
             self._first = idx
             self._reset_cache(idx)
         else:
-            self._db.put(_ekey(idx), _U64.pack(term) + command, self._wo)
+            self._db.put(self._entry_prefix + _U64.pack(idx), _U64.pack(term) + command, self._wo)
         self._mark_written()
         entry = (command, idx, term)
         self._last = idx
@@ -274,8 +355,8 @@ class RaftLog(Journal):
     def clear(self):
         if len(self) > 0:
             wb = WriteBatch(raw_mode=True)
-            wb.delete_range(_ekey(0), _ENTRY_END)
-            wb.delete(_K_FIRST)
+            wb.delete_range(self._ekey(0), self._entry_end)
+            wb.delete(self._k_first)
             self._db.write(wb, self._wo)
             self._mark_written()
         self._first, self._last = 0, -1
@@ -294,7 +375,7 @@ class RaftLog(Journal):
             self.clear()
             return
         idx_from = self._first + entryFrom
-        self._db.delete_range(_ekey(idx_from), _ENTRY_END, self._wo)
+        self._db.delete_range(self._ekey(idx_from), self._entry_end, self._wo)
         self._mark_written()
         self._last = idx_from - 1
         self._durable_last = min(self._durable_last, self._last)
@@ -318,8 +399,8 @@ class RaftLog(Journal):
             return
         new_first = self._first + entryTo
         wb = WriteBatch(raw_mode=True)
-        wb.delete_range(_ekey(self._first), _ekey(new_first))
-        wb.put(_K_FIRST, _U64.pack(new_first))
+        wb.delete_range(self._ekey(self._first), self._ekey(new_first))
+        wb.put(self._k_first, _U64.pack(new_first))
         self._db.write(wb, self._wo)
         self._mark_written()
         self._first = new_first
@@ -386,7 +467,7 @@ class RaftLog(Journal):
 
     def setCurrentTerm(self, term, votedForNodeId):
         vote = b"\x00" if votedForNodeId is None else b"\x01" + str(votedForNodeId).encode("utf-8")
-        self._db.put(_K_TERM, _U64.pack(term) + vote, self._wo)
+        self._db.put(self._k_term, _U64.pack(term) + vote, self._wo)
         self._mark_written()
         self.sync()  # Raft: term and vote are durable before any message reflecting them is sent
         self._term, self._vote = term, votedForNodeId
@@ -400,7 +481,7 @@ class RaftLog(Journal):
     def _save_commit(self) -> None:
         if not self._commit_saved:
             # Not marked dirty: the hint rides along with the next fsync (or close) - an idle group does no fsync.
-            self._db.put(_K_COMMIT, _U64.pack(self._commit), self._wo)
+            self._db.put(self._k_commit, _U64.pack(self._commit), self._wo)
             self._commit_saved = True
 
     def onOneSecondTimer(self):
@@ -409,17 +490,16 @@ class RaftLog(Journal):
     # --- durability
 
     def sync(self) -> bool:
-        """Make every write so far durable with one WAL fsync (GIL released). Returns True if it fsynced."""
+        """Make every write so far durable: one WAL fsync (GIL released), unless a fsync of the space made after
+        this log's last write (another group's, in a shared space) did it already. Returns True if it fsynced."""
         if not self._dirty:
             return False
         self._save_commit()
-        started = time.perf_counter()
-        self._db.flush_wal(True)
-        RaftLog.observe_fsync(time.perf_counter() - started)
+        fsynced = self._space.sync(self._written)
         self._dirty = False
-        self._sync_count += 1
+        self._sync_count += fsynced
         self._durable_last = self._last if len(self) else 0
-        return True
+        return fsynced
 
     flush = sync
 
@@ -440,14 +520,15 @@ class RaftLog(Journal):
         self.close()
 
     def close(self) -> None:
+        """Durable, then closed; a shared space stays open for the other groups."""
         if self._closed:
             return
         self._save_commit()
-        started = time.perf_counter()
-        self._db.flush_wal(True)
-        RaftLog.observe_fsync(time.perf_counter() - started)
+        if self._owns_space:
+            self._space.close()
+        else:
+            self._space.sync(self._space.wrote())  # the commit hint too
         self._dirty = False
-        self._db.close()
         self._closed = True
 
     def __repr__(self):

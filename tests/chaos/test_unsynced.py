@@ -98,3 +98,45 @@ def test_helpers_find_databases_and_wals(tmp_path: Path) -> None:
     record = tmp_path / "sync.log"
     record.write_text(f"{db}/000007.log 5\n{db}/000007.log 9\n{db}/000009.log 1")  # last line torn? kept: whole
     assert read_sync_record(str(record)) == {f"{db}/000007.log": 9, f"{db}/000009.log": 1}
+
+
+# Two groups' logs in one node-wide space: group b's fsync covers group a's earlier writes, so a's sync does no
+# fsync of its own; a's later writes are unsynced when the process dies.
+_SHARED_WRITER = textwrap.dedent("""
+    import os, signal, sys
+    from dmq_server.chaos.node import install_sync_recorder
+    data, record = sys.argv[1], sys.argv[2]
+    install_sync_recorder(record)
+    from dmq_server.raft.log import LogSpace, RaftLog
+    space = LogSpace(os.path.join(data, "raftlog"))
+    a = RaftLog(space=space, group_id="q1.p0")
+    b = RaftLog(space=space, group_id="q1.p1")
+    for i in range(1, 11):
+        a.add(b"a %d" % i, i, 1)
+    for i in range(1, 6):
+        b.add(b"b %d" % i, i, 1)
+    assert b.sync() and not a.sync()  # b's fsync made a's ten entries durable too
+    assert a.durableLastIndex == 10 and not a.dirty
+    for i in range(11, 16):
+        a.add(b"a %d" % i, i, 1)
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def test_a_shared_log_fsync_covers_every_group_written_before_it(tmp_path: Path) -> None:
+    from dmq_server.raft.log import LogSpace, RaftLog
+
+    data, record = tmp_path / "data", tmp_path / "sync.log"
+    proc = subprocess.run([sys.executable, "-c", _SHARED_WRITER, str(data), str(record)], cwd=str(REPO),
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, timeout=60)
+    assert proc.returncode == -9, proc.stderr.decode()
+    report = lose_unsynced_writes(str(data), str(record))
+    assert report.bytes_lost > 0  # a's five unsynced entries
+    space = LogSpace(str(data / "raftlog"))
+    try:
+        a = RaftLog(space=space, group_id="q1.p0")
+        b = RaftLog(space=space, group_id="q1.p1")
+        assert [e[0] for e in a[:]] == [b"a %d" % i for i in range(1, 11)]
+        assert [e[0] for e in b[:]] == [b"b %d" % i for i in range(1, 6)]
+    finally:
+        space.close()

@@ -20,11 +20,13 @@ from typing import Any, TypeVar
 import msgpack
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from rocksdict import AccessType, Options, ReadOptions, Rdict
 
 from dmq_client import protocol
 from dmq_client.connection import Connection
 from dmq_client.errors import (DmqError, Forbidden, MessageTooLarge, QueueAlreadyExists, QueueNotFound,
                                Unauthorized, Unavailable)
+from dmq_server.raft.log import group_prefix
 
 from .nodes import ADMIN_TOKEN, CONSUMER_TOKEN, PRODUCER_TOKEN, Cluster
 
@@ -327,10 +329,33 @@ def test_dead_letter_queue_and_redrive(conns: list[Connection]) -> None:
     assert back["body"] == b"poison" and back["attributes"] == {"k": "v"} and back["receive_count"] == 1
 
 
-def test_delete_queue(conns: list[Connection]) -> None:
+def _group_dirs(cluster: Cluster) -> list[set[str]]:
+    return [set(os.listdir(data / "partitions")) for data in cluster.data_dirs]
+
+
+def _log_keys_of(data: Path, group_id: str) -> int:
+    """Keys of one group in a running node's shared Raft log (opened read-only: the node holds its lock)."""
+    db = Rdict(str(data / "raftlog"), Options(raw_mode=True), access_type=AccessType.read_only())
+    try:
+        prefix = group_prefix(group_id)
+        bounded = ReadOptions()
+        bounded.set_iterate_upper_bound(prefix + b"\xff")
+        return sum(1 for _ in db.keys(from_key=prefix, read_opt=bounded))
+    finally:
+        db.close()
+
+
+def test_delete_queue(cluster: Cluster, conns: list[Connection]) -> None:
+    before = _group_dirs(cluster)
     create(conns, "ops-del")
     send(conns[0], "ops-del", b"doomed")
+    groups = [after - seen for after, seen in zip(_group_dirs(cluster), before)]
+    assert all(len(added) == 1 for added in groups), groups
+    assert all(_log_keys_of(data, gid) > 0 for data, (gid,) in zip(cluster.data_dirs, groups))
     assert conns[1].call("delete_queue", {"name": "ops-del"}) == {"deleted": "ops-del"}
+    for data, (gid,) in zip(cluster.data_dirs, groups):  # its data and its log are removed on every replica
+        eventually(lambda: not (data / "partitions" / gid).exists() and _log_keys_of(data, gid) == 0, 10,
+                   f"partition {gid} removed from {data}")
     for conn in conns:
         eventually(lambda: "ops-del" not in conn.call("list_queues", {}), 5, "the queue gone from list_queues")
         with pytest.raises(QueueNotFound):

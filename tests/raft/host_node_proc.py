@@ -2,7 +2,7 @@
 benchmarks).
 
     DMQ_RAFT_SECRET=... python tests/raft/host_node_proc.py --self 127.0.0.1:P1 --peer 127.0.0.1:P2 \
-        --peer 127.0.0.1:P3 --data DIR --groups N [--journal raftlog|none] [--unbatched] [--period 0.05]
+        --peer 127.0.0.1:P3 --data DIR --groups N [--journal raftlog|shared|none] [--unbatched] [--period 0.05]
 
 Groups are named g0 .. g{N-1}. Requests (one JSON object per line), one JSON reply line each:
     {"op": "status", "group": "g0"}                      Raft status of one group
@@ -29,7 +29,7 @@ from pysyncobj.config import FAIL_REASON  # noqa: E402
 
 from dmq_server.raft import pysyncobj_fixes as fx  # noqa: E402
 from dmq_server.raft.host import RaftHost  # noqa: E402
-from dmq_server.raft.log import RaftLog  # noqa: E402
+from dmq_server.raft.log import LogSpace, RaftLog  # noqa: E402
 
 
 def main():
@@ -38,7 +38,7 @@ def main():
     ap.add_argument("--peer", action="append", default=[])
     ap.add_argument("--data", required=True)
     ap.add_argument("--groups", type=int, default=1)
-    ap.add_argument("--journal", default="raftlog", choices=["raftlog", "none"])
+    ap.add_argument("--journal", default="raftlog", choices=["raftlog", "shared", "none"])
     ap.add_argument("--period", type=float, default=0.05)
     ap.add_argument("--unbatched", action="store_true")
     ap.add_argument("--min-timeout", type=float, default=0.3)
@@ -68,9 +68,13 @@ def main():
     host = RaftHost(a.me, secret, connection_timeout=a.conn_timeout,
                     handshake_timeout=a.handshake_timeout).start()
     groups = {}
+    space = LogSpace(os.path.join(a.data, "raftlog")) if a.journal == "shared" else None  # as a node keeps them
     for i in range(a.groups):
         gid = "g%d" % i
-        journal = RaftLog(os.path.join(a.data, gid)) if a.journal == "raftlog" else None
+        if a.journal == "raftlog":
+            journal = RaftLog(os.path.join(a.data, gid))
+        else:
+            journal = None if space is None else RaftLog(space=space, group_id=gid)
         g = Group(gid, host.transport_for(gid), journal)
         host.add(g, wait=(i == a.groups - 1), timeout=600)
         groups[gid] = g

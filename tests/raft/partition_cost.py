@@ -1,8 +1,9 @@
 """Idle cost of one node hosting N Raft groups, in a 3-process cluster on 127.0.0.1 (a measurement, not a test).
 
-    python -m tests.raft.partition_cost 1 100 1000 [--seconds 20] [--heartbeat 0.05]
+    python -m tests.raft.partition_cost 1 100 1000 [--seconds 20] [--heartbeat 0.05] [--journal raftlog]
 
-Each node process (host_node_proc.py) runs a RaftHost with N groups, each with its own RocksDB Raft log. Once every
+Each node process (host_node_proc.py) runs a RaftHost with N groups whose Raft logs share one RocksDB database
+(as a node keeps them; `--journal raftlog` for one database per group). Once every
 group has a leader, CPU (from /proc/PID/stat) is sampled over --seconds with no load; RSS, threads and file
 descriptors are read from /proc. Every process is stopped by its own PID.
 """
@@ -30,12 +31,12 @@ def _rss_mb_and_threads(pid: int) -> tuple[int, int]:
     return int(status["VmRSS"].split()[0]) // 1024, int(status["Threads"])
 
 
-def idle_cost(groups: int, seconds: float, heartbeat: float) -> dict:
+def idle_cost(groups: int, seconds: float, heartbeat: float, journal: str = "shared") -> dict:
     timeouts = ["--period", str(heartbeat), "--min-timeout", str(6 * heartbeat), "--max-timeout", str(9 * heartbeat),
                 "--conn-timeout", str(max(3.0, 10 * heartbeat))]
     with tempfile.TemporaryDirectory(prefix="dmq-partition-cost-") as root:
         started = time.time()
-        cluster = ProcCluster(root, 3, args=["--groups", str(groups), "--journal", "raftlog", "--unbatched",
+        cluster = ProcCluster(root, 3, args=["--groups", str(groups), "--journal", journal, "--unbatched",
                                              *timeouts])
         try:
             deadline = time.time() + 300
@@ -52,7 +53,7 @@ def idle_cost(groups: int, seconds: float, heartbeat: float) -> dict:
             elapsed = time.time() - begin
             cpu = [100 * (_cpu_seconds(pid) - b) / elapsed for pid, b in zip(pids, before)]
             memory = [_rss_mb_and_threads(pid) for pid in pids]
-            return {"groups": groups, "heartbeat_s": heartbeat, "all_led_after_s": round(ready, 1),
+            return {"groups": groups, "journal": journal, "heartbeat_s": heartbeat, "all_led_after_s": round(ready, 1),
                     "cpu_pct_of_core": [round(c, 1) for c in cpu], "rss_mb": [m[0] for m in memory],
                     "os_threads": [m[1] for m in memory],
                     "fds": [len(os.listdir(f"/proc/{pid}/fd")) for pid in pids]}
@@ -65,9 +66,10 @@ def main() -> None:
     parser.add_argument("groups", type=int, nargs="+")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--heartbeat", type=float, default=0.05)
+    parser.add_argument("--journal", choices=["shared", "raftlog"], default="shared")
     args = parser.parse_args()
     for groups in args.groups:
-        print(json.dumps(idle_cost(groups, args.seconds, args.heartbeat)), flush=True)
+        print(json.dumps(idle_cost(groups, args.seconds, args.heartbeat, args.journal)), flush=True)
 
 
 if __name__ == "__main__":

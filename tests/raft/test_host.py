@@ -149,7 +149,7 @@ def test_stop_closes_everything_and_joins():
 @pytest.mark.slow
 def test_processes_replicate_and_survive_kill9(tmp_path):
     gids = ["g%d" % i for i in range(6)]
-    cl = ProcCluster(tmp_path, 3, args=["--groups", str(len(gids)), "--journal", "raftlog", "--unbatched"])
+    cl = ProcCluster(tmp_path, 3, args=["--groups", str(len(gids)), "--journal", "shared", "--unbatched"])
     try:
         for gid in gids:
             cl.wait_leader(gid)

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from dmq_server.raft.log import LogError, RaftLog
+from dmq_server.raft.log import LogError, LogSpace, RaftLog, group_prefix
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -254,6 +254,52 @@ def test_synced_entries_survive_kill9(tmp_path):
     log.close()
 
 
+def test_one_fsync_of_a_shared_space_covers_every_log_in_it(tmp_path):
+    space = LogSpace(str(tmp_path / "space"))
+    a, b = RaftLog(space=space, group_id="a"), RaftLog(space=space, group_id="b")
+    _fill(a, 1, 3)
+    _fill(b, 1, 2)
+    assert a.sync() is True and a.syncCount == 1
+    assert b.sync() is False and b.syncCount == 0  # a's fsync came after b's writes
+    assert not b.dirty and b.durableLastIndex == 2
+    _fill(b, 3, 3)
+    assert b.sync() is True and b.durableLastIndex == 3
+    assert a.sync() is False  # nothing written since
+    a.close()
+    b.close()
+    space.close()
+
+
+def test_groups_of_a_space_are_isolated_and_dropped_alone(tmp_path):
+    """Group ids that prefix each other ("q1.p1", "q1.p10") keep apart, through truncation, compaction and
+    clear; dropping one group removes its keys only."""
+    path = str(tmp_path / "space")
+    space = LogSpace(path)
+    logs = {gid: RaftLog(space=space, group_id=gid) for gid in ("q1.p1", "q1.p10", "q1.p2")}
+    for n, log in enumerate(logs.values()):
+        _fill(log, 1, 20 + n)
+        log.setCurrentTerm(n + 1, "n%d" % n)
+    logs["q1.p1"].deleteEntriesFrom(5)  # truncation: a range delete up to the end of its entries
+    logs["q1.p10"].deleteEntriesTo(10)  # compaction
+    logs["q1.p2"].clear()
+    for log in logs.values():
+        log.close()
+    space.close()
+    space = LogSpace(path)
+    reopened = {gid: RaftLog(space=space, group_id=gid) for gid in logs}
+    assert [e[1] for e in reopened["q1.p1"][:]] == list(range(1, 6))
+    assert [e[1] for e in reopened["q1.p10"][:]] == list(range(11, 22))
+    assert len(reopened["q1.p2"]) == 0
+    assert [log.getCurrentTerm() for log in reopened.values()] == [1, 2, 3]
+    for log in reopened.values():
+        log.close()
+    space.drop("q1.p1")
+    assert not [k for k in space.db.keys() if k.startswith(group_prefix("q1.p1"))]
+    assert [e[1] for e in RaftLog(space=space, group_id="q1.p10")[:]] == list(range(11, 22))
+    assert RaftLog(space=space, group_id="q1.p1").getCurrentTerm() == 0
+    space.close()
+
+
 class LogModel(RuleBasedStateMachine):
     """Random operation sequences against a plain list (what MemoryJournal does), with reopens."""
 
@@ -325,3 +371,47 @@ class LogModel(RuleBasedStateMachine):
 TestLogModel = LogModel.TestCase
 TestLogModel.settings = settings(max_examples=40, stateful_step_count=30, deadline=None,
                                  suppress_health_check=[HealthCheck.too_slow])
+
+
+class SharedSpaceLogModel(LogModel):
+    """The same, for a log sharing its space with a neighbour whose group id extends its own: nothing done to
+    one log touches the other."""
+
+    def __init__(self):
+        super().__init__()
+        self.log.close()
+        self.space = LogSpace(os.path.join(self.dir, "space"))
+        self._open()
+        self.neighbour_entries = _entries(1, 30)
+        for e in self.neighbour_entries:
+            self.neighbour.add(*e)
+
+    def _open(self):
+        self.log = RaftLog(space=self.space, group_id="q7.p1", cache_max_entries=6, cache_max_bytes=2_000)
+        self.neighbour = RaftLog(space=self.space, group_id="q7.p10", cache_max_entries=6)
+
+    @rule(sync=st.booleans())
+    def reopen(self, sync):
+        if sync:
+            self.log.sync()
+        self.log.close()
+        self.neighbour.close()
+        self.space.close()
+        self.space = LogSpace(os.path.join(self.dir, "space"))
+        self._open()
+
+    @invariant()
+    def neighbour_untouched(self):
+        if hasattr(self, "neighbour_entries"):
+            assert self.neighbour[:] == self.neighbour_entries
+
+    def teardown(self):
+        self.log.close()
+        self.neighbour.close()
+        self.space.close()
+        super().teardown()
+
+
+TestSharedSpaceLogModel = SharedSpaceLogModel.TestCase
+TestSharedSpaceLogModel.settings = settings(max_examples=30, stateful_step_count=30, deadline=None,
+                                            suppress_health_check=[HealthCheck.too_slow])
