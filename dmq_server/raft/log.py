@@ -152,6 +152,7 @@ class RaftLog(Journal):
         """A log of its own at `path`, or the log of `group_id` in a node's shared `space`."""
         assert (path is None) != (space is None), "a log lives at a path of its own or in a shared space"
         assert (space is None) == (group_id is None), "a log in a shared space belongs to a group"
+        assert space is None or options is None, "a shared space was opened with its own options"
         self._owns_space = space is None
         self._space = LogSpace(path, options) if space is None else space
         self._path = self._space.path

@@ -9,9 +9,11 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from rocksdict import ReadOptions
 
 from dmq_server.metadata import MetadataStore, MetadataStoreFactory
 from dmq_server.raft.group import AckMode, GroupSpec, GroupTimings, PartitionGroup, RaftUnavailable, StoreFactory
+from dmq_server.raft.log import LogSpace, group_prefix
 from dmq_server.store import PartitionStore, PartitionStoreFactory
 
 from .cluster import free_ports
@@ -365,11 +367,19 @@ def test_writes_that_arrive_during_a_handover_are_applied_once(replicas: Replica
     assert replicas.submit("enqueue", messages=[[b"after", None, None, None, None]])[0]["id"] == applied + 1
 
 
-def test_partitions_share_one_host_per_node(tmp_path) -> None:
+def _log_keys(space: LogSpace, group_id: str) -> int:
+    prefix = group_prefix(group_id)
+    bounded = ReadOptions()
+    bounded.set_iterate_upper_bound(prefix + b"\xff")
+    return sum(1 for _ in space.db.keys(from_key=prefix, read_opt=bounded))
+
+
+def test_partitions_share_one_host_and_one_log_per_node(tmp_path) -> None:
     from dmq_server.raft.host import RaftHost
 
     addresses = [f"127.0.0.1:{port}" for port in free_ports(3)]
     hosts = [RaftHost(address, b"cluster-secret-for-tests-0123456789").start() for address in addresses]
+    spaces = [LogSpace(str(tmp_path / f"n{i}" / "raftlog")) for i in range(3)]
     groups: dict[str, list[PartitionGroup]] = {}
     try:
         for partition in range(4):
@@ -377,8 +387,8 @@ def test_partitions_share_one_host_per_node(tmp_path) -> None:
             groups[group_id] = [
                 PartitionGroup(GroupSpec(group_id, address, tuple(a for a in addresses if a != address),
                                          str(tmp_path / f"n{i}" / group_id.replace("/", "-")), TIMINGS),
-                               host=host)
-                for i, (address, host) in enumerate(zip(addresses, hosts))]
+                               host=host, log_space=space)
+                for i, (address, host, space) in enumerate(zip(addresses, hosts, spaces))]
         for group_id, replicas in groups.items():
             leader: list[PartitionGroup] = []
             wait_for(lambda: len([g for g in replicas if g.is_leader()]) == 1, what=f"a leader of {group_id}")
@@ -394,12 +404,40 @@ def test_partitions_share_one_host_per_node(tmp_path) -> None:
         for host in hosts:  # four partitions, one connection per peer node (the last may still be dialling)
             wait_for(lambda: host.stats()["connections"] == 2, what="a connection to each peer node")
             assert host.stats()["groups"] == 4
+        for i, space in enumerate(spaces):  # every group's log in the node's one database, none of its own
+            assert all(_log_keys(space, group_id) >= 5 for group_id in groups)
+            assert not list((tmp_path / f"n{i}").glob("q-*/raftlog"))
     finally:
         for replicas in groups.values():
             for group in replicas:
                 group.close(graceful=False)
         for host in hosts:
             host.stop()
+        for space in spaces:
+            space.close()
+
+
+def test_a_group_with_a_log_of_its_own_keeps_it_beside_a_shared_log(tmp_path) -> None:
+    """A data directory written before the node shared its log is read as it was, and written on."""
+    spec = GroupSpec("q/0", f"127.0.0.1:{free_ports(1)[0]}", (), str(tmp_path / "q-0"), TIMINGS)
+    alone = PartitionGroup(spec)
+    try:
+        wait_for(alone.is_leader, what="a single replica leading")
+        assert alone.submit_sync({"op": "enqueue", "now": T0, "messages": [[b"old", None, None, None, None]]})[
+            "result"][0]["id"] == 1
+    finally:
+        alone.close(graceful=False)
+    space = LogSpace(str(tmp_path / "raftlog"))
+    group = PartitionGroup(spec, log_space=space)
+    try:
+        wait_for(group.is_leader, what="the replica leading again")
+        assert group.submit_sync({"op": "enqueue", "now": T0, "messages": [[b"new", None, None, None, None]]})[
+            "result"][0]["id"] == 2
+        assert [m["body"] for m in group.query(lambda s: s.peek(5))] == [b"old", b"new"]
+        assert group._raft_log.lastIndex >= 2 and _log_keys(space, "q/0") == 0
+    finally:
+        group.close(graceful=False)
+        space.close()
 
 
 def test_leader_ack_mode_acknowledges_before_commit_and_replicates_after(replicas: Replicas) -> None:
