@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
-from dmq_client import Client
+from dmq_client import Client, PartitionInfo
 from dmq_client.testing import cluster
 
 pytestmark = pytest.mark.timeout(180)
@@ -17,6 +18,9 @@ pytestmark = pytest.mark.timeout(180)
 def test_sends_across_a_leader_kill_enqueue_exactly_once() -> None:
     with cluster(3) as dmq, Client(dmq.addresses, retry_seconds=60) as client:
         client.create_queue("failover", partitions=1)
+        # A new partition moves to its preferred replica within its first second: kill a leader after that
+        # handover, not the replica that is just handing over (a leader read mid-handover is None).
+        _led_by(client, "failover", lambda p: p.leader == p.replicas[0], timeout=15)
         acknowledged: list[bytes] = []
         errors: list[BaseException] = []
         stop = threading.Event()
@@ -38,8 +42,7 @@ def test_sends_across_a_leader_kill_enqueue_exactly_once() -> None:
         deadline = time.monotonic() + 30
         while len(acknowledged) < 300 and time.monotonic() < deadline:
             time.sleep(0.02)
-        leader = client.get_queue("failover").partitions[0].leader
-        victim = dmq.addresses.index(leader)
+        victim = dmq.addresses.index(_led_by(client, "failover", lambda p: p.leader is not None, timeout=15))
         dmq.kill(victim)
         killed_at = len(acknowledged)
         while len(acknowledged) < killed_at + 300 and time.monotonic() < deadline + 30 and not errors:
@@ -63,3 +66,14 @@ def test_sends_across_a_leader_kill_enqueue_exactly_once() -> None:
         assert sorted(received) == sorted(acknowledged), (
             f"{len(set(acknowledged) - set(received))} acknowledged sends lost, "
             f"{len(received) - len(set(received))} enqueued twice")
+
+
+def _led_by(client: Client, queue: str, wanted: Callable[[PartitionInfo], bool], timeout: float) -> str:
+    """The leader of the queue's partition 0 once `wanted` holds for it (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        partition = client.get_queue(queue).partitions[0]
+        if partition.leader is not None and wanted(partition):
+            return partition.leader
+        assert time.monotonic() < deadline, f"partition 0 of {queue}: {partition}"
+        time.sleep(0.05)
