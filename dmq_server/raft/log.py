@@ -12,7 +12,8 @@ Durability model (group commit):
   log is always a prefix of what was written, and a stored commit index never points past the stored entries.
 * :meth:`RaftLog.sync` (alias :meth:`flush`) makes everything written so far durable with ONE
   ``flush_wal(sync=True)``, which releases the GIL during the fsync. It is a no-op when nothing was written since the
-  last sync. ``pysyncobj_fixes.SyncObj`` calls it before a follower acknowledges ``append_entries`` and before the
+  last sync, and fsyncs nothing when a fsync of the shared space since this log's last write (another group's)
+  already covered it. ``pysyncobj_fixes.SyncObj`` calls it before a follower acknowledges ``append_entries`` and before the
   leader counts its own entries toward the commit index.
 * :meth:`setCurrentTerm` (term + vote) is written and fsynced before it returns, i.e. before pysyncobj sends a vote or
   a vote request that reflects it.
