@@ -274,8 +274,7 @@ class Node:
 
     def _remove_partition(self, group: PartitionGroup) -> None:
         group.close(graceful=False)
-        self.log_space.drop(group.spec.group_id)  # before the directory: a start after a crash finds an orphan
-        shutil.rmtree(group.spec.data_dir, ignore_errors=True)
+        self._erase_partition(group.spec.group_id, group.spec.data_dir)
         log.info("removed partition %s and its data (its queue was deleted)", group.spec.group_id)
 
     def _remove_orphans(self, hosted: set[str], next_queue_id: int) -> None:
@@ -283,9 +282,14 @@ class Node:
         root = os.path.join(self.config.data_dir, "partitions")
         for name in os.listdir(root):
             if name not in hosted and self._deleted(name, next_queue_id):
-                self.log_space.drop(name)
-                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+                self._erase_partition(name, os.path.join(root, name))
                 log.info("removed data of partition %s (its queue was deleted)", name)
+
+    def _erase_partition(self, group_id: str, data_dir: str) -> None:
+        """Its keys in the node's Raft log first, then its directory: after a crash in between, the next start
+        finds the directory as an orphan and erases both."""
+        self.log_space.drop(group_id)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
     async def _fetch_metadata(self) -> None:
         for node_id in self.config.metadata_nodes:

@@ -42,12 +42,12 @@ def with_binds(config: NodeConfig, raft_bind: str | None, client_bind: str | Non
 
 
 def install_sync_recorder(path: str) -> None:
-    """Wrap LogSpace.sync/close (every Raft log fsync goes through them) so each fsync appends the WAL sizes of
-    the log database to `path` (this process only)."""
+    """Wrap LogSpace.sync (every Raft log fsync goes through it, closing included) so each fsync appends the WAL
+    sizes of the log database to `path` (this process only)."""
     from dmq_server.raft.log import LogSpace
 
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    original_sync, original_close = LogSpace.sync, LogSpace.close
+    original_sync = LogSpace.sync
 
     def sync(self: LogSpace, written: int) -> bool:
         synced = original_sync(self, written)
@@ -55,14 +55,7 @@ def install_sync_recorder(path: str) -> None:
             record_synced_wals(self.path, fd)
         return synced
 
-    def close(self: LogSpace) -> None:
-        was_open = not self._closed
-        original_close(self)  # fsyncs the WAL, then closes
-        if was_open:
-            record_synced_wals(self.path, fd)
-
     LogSpace.sync = sync  # type: ignore[method-assign]
-    LogSpace.close = close  # type: ignore[method-assign]
 
 
 def main(argv: list[str] | None = None) -> None:

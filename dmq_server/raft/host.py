@@ -522,9 +522,8 @@ class RaftHost:
             if getattr(d["_SyncObj__raftLog"], "dirty", False):  # fsync (group commit) at once: nothing else
                 due = now  # may wake a leader without followers, whose commit waits only for that fsync
             if len(d["_SyncObj__commandsQueue"]._FastQueue__queue):
-                handover_until = d.get("_dmq_handoverUntil", 0.0)
-                if handover_until > now and d["_SyncObj__raftState"] == _RAFT_STATE.LEADER:
-                    due = min(due, handover_until)  # a leader handing over appends nothing until then
+                if g._dmq_handoverPaused(now):  # a leader handing over appends nothing until then
+                    due = min(due, d["_dmq_handoverUntil"])
                 else:
                     due = min(due, now + (0.0 if d["_SyncObj__raftLeader"] is not None else 0.05))
         except (KeyError, AttributeError):  # not the pysyncobj layout we know: tick like autoTickPeriod

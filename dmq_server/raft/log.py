@@ -74,6 +74,12 @@ def group_prefix(group_id: str) -> bytes:
     return _GROUP_MARK + len(raw).to_bytes(2, "big") + raw
 
 
+def group_keys(group_id: str) -> tuple[bytes, bytes]:
+    """The key range [low, high) of one group's log in a shared space."""
+    prefix = group_prefix(group_id)
+    return prefix, prefix + _AFTER_GROUP_KEYS
+
+
 def _log_options() -> Options:
     options = Options(raw_mode=True)
     options.create_if_missing(True)
@@ -122,18 +128,19 @@ class LogSpace:
             self._synced = max(self._synced, covered)
         return True
 
+    def sync_all(self) -> None:
+        """Make every write so far durable, numbered or not (a commit hint, a range delete): one fsync."""
+        self.sync(self.wrote())
+
     def drop(self, group_id: str) -> None:
         """Delete every key of one group's log (its group was removed; its log is closed), durably."""
-        prefix = group_prefix(group_id)
-        self.db.delete_range(prefix, prefix + _AFTER_GROUP_KEYS)
-        self.sync(self.wrote())
+        self.db.delete_range(*group_keys(group_id))
+        self.sync_all()
 
     def close(self) -> None:
         if self._closed:
             return
-        started = time.perf_counter()
-        self.db.flush_wal(True)
-        RaftLog.observe_fsync(time.perf_counter() - started)
+        self.sync_all()
         self.db.close()
         self._closed = True
 
@@ -529,7 +536,7 @@ class RaftLog(Journal):
         if self._owns_space:
             self._space.close()
         else:
-            self._space.sync(self._space.wrote())  # the commit hint too
+            self._space.sync_all()  # the commit hint too
         self._dirty = False
         self._closed = True
 

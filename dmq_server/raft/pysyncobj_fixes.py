@@ -328,10 +328,14 @@ class SyncObj(_StockSyncObj):
     # pause). Commands that arrive meanwhile wait in the queue: this leader appends them if it stays, and pysyncobj
     # forwards them to the new leader if it stepped down (as it does with any command queued at a leader change).
 
+    def _dmq_handoverPaused(self, now):
+        """True while this leader, having sent timeout_now, appends nothing (until `_dmq_handoverUntil`)."""
+        return self._dmq_handoverUntil > now and self.__raftState == _RAFT_STATE.LEADER
+
     def transferLeadership(self, node=None, callback=None):
         if isinstance(callback, tuple):  # a request from another node: answered by pysyncobj itself
             return super().transferLeadership(node, callback)
-        if self._dmq_handoverUntil > monotonicTime() and self.__raftState == _RAFT_STATE.LEADER:
+        if self._dmq_handoverPaused(monotonicTime()):
             if callback is not None:
                 callback(None, FAIL_REASON.REQUEST_DENIED)
             return
@@ -346,7 +350,7 @@ class SyncObj(_StockSyncObj):
 
     def _checkCommandsToApply(self):
         if self._dmq_handoverUntil:  # a handover under way (the clock is read only then: it costs a ctypes call)
-            if self._dmq_handoverUntil > monotonicTime() and self.__raftState == _RAFT_STATE.LEADER:
+            if self._dmq_handoverPaused(monotonicTime()):
                 return
             self._dmq_handoverUntil = 0.0
         super()._checkCommandsToApply()

@@ -26,7 +26,7 @@ from dmq_client import protocol
 from dmq_client.connection import Connection
 from dmq_client.errors import (DmqError, Forbidden, MessageTooLarge, QueueAlreadyExists, QueueNotFound,
                                Unauthorized, Unavailable)
-from dmq_server.raft.log import group_prefix
+from dmq_server.raft.log import group_keys
 
 from .nodes import ADMIN_TOKEN, CONSUMER_TOKEN, PRODUCER_TOKEN, Cluster
 
@@ -337,10 +337,10 @@ def _log_keys_of(data: Path, group_id: str) -> int:
     """Keys of one group in a running node's shared Raft log (opened read-only: the node holds its lock)."""
     db = Rdict(str(data / "raftlog"), Options(raw_mode=True), access_type=AccessType.read_only())
     try:
-        prefix = group_prefix(group_id)
+        low, high = group_keys(group_id)
         bounded = ReadOptions()
-        bounded.set_iterate_upper_bound(prefix + b"\xff")
-        return sum(1 for _ in db.keys(from_key=prefix, read_opt=bounded))
+        bounded.set_iterate_upper_bound(high)
+        return sum(1 for _ in db.keys(from_key=low, read_opt=bounded))
     finally:
         db.close()
 

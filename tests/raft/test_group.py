@@ -13,7 +13,7 @@ from rocksdict import ReadOptions
 
 from dmq_server.metadata import MetadataStore, MetadataStoreFactory
 from dmq_server.raft.group import AckMode, GroupSpec, GroupTimings, PartitionGroup, RaftUnavailable, StoreFactory
-from dmq_server.raft.log import LogSpace, group_prefix
+from dmq_server.raft.log import LogSpace, group_keys
 from dmq_server.store import PartitionStore, PartitionStoreFactory
 
 from .cluster import free_ports
@@ -368,10 +368,10 @@ def test_writes_that_arrive_during_a_handover_are_applied_once(replicas: Replica
 
 
 def _log_keys(space: LogSpace, group_id: str) -> int:
-    prefix = group_prefix(group_id)
+    low, high = group_keys(group_id)
     bounded = ReadOptions()
-    bounded.set_iterate_upper_bound(prefix + b"\xff")
-    return sum(1 for _ in space.db.keys(from_key=prefix, read_opt=bounded))
+    bounded.set_iterate_upper_bound(high)
+    return sum(1 for _ in space.db.keys(from_key=low, read_opt=bounded))
 
 
 def test_partitions_share_one_host_and_one_log_per_node(tmp_path) -> None:
