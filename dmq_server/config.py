@@ -32,6 +32,7 @@ Layout (every table but [node] is optional; values shown are the defaults)::
     election_max_ms = 450               # > election_min_ms, <= 60000
     snapshot_min_entries = 200000       # 1000..10**9
     snapshot_min_seconds = 600          # 1..10**7
+    quiet_after_ms = 1000               # 0..3600000; an idle partition stops heartbeating after this; 0: never
 
     [auth]
     anonymous = true                    # default: true only when there are no principals
@@ -189,6 +190,7 @@ class RaftSettings:
     election_max_ms: int = 450
     snapshot_min_entries: int = 200_000
     snapshot_min_seconds: int = 600
+    quiet_after_ms: int = 1000
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -251,6 +253,7 @@ _RAFT_RANGES: dict[str, tuple[int, int]] = {
     "election_max_ms": (1, 60_000),
     "snapshot_min_entries": (1000, 10**9),
     "snapshot_min_seconds": (1, 10**7),
+    "quiet_after_ms": (0, 3_600_000),
 }
 _LIMIT_RANGES: dict[str, tuple[int, int]] = {
     "max_connections": (1, 100_000),

@@ -84,7 +84,8 @@ class Node:
         return GroupTimings(heartbeat=raft.heartbeat_ms / 1000, election_min=raft.election_min_ms / 1000,
                             election_max=raft.election_max_ms / 1000,
                             snapshot_min_entries=raft.snapshot_min_entries,
-                            snapshot_min_seconds=raft.snapshot_min_seconds)
+                            snapshot_min_seconds=raft.snapshot_min_seconds,
+                            quiet_after=raft.quiet_after_ms / 1000 if raft.quiet_after_ms else None)
 
     async def run(self) -> None:
         """Serve until stop() (or SIGTERM/SIGINT), then shut down cleanly."""
@@ -111,7 +112,9 @@ class Node:
         self.log_space = await loop.run_in_executor(None, LogSpace, os.path.join(config.data_dir, "raftlog"))
         # A single node has no peers to authenticate; its Raft port still needs a secret.
         secret = config.secret or secrets.token_hex(16)
-        self.host = RaftHost(str(config.raft_address), secret, bind_address=str(config.raft_bind))
+        self.host = RaftHost(str(config.raft_address), secret, bind_address=str(config.raft_bind),
+                             liveness_timeout=config.raft.election_min_ms / 1000,
+                             connection_timeout=max(3.0, 3 * config.raft.election_min_ms / 1000))
         self.host.start()
         me = config.node(config.node_id)
         metadata_group = None

@@ -119,6 +119,7 @@ class GroupTimings:
     tick: float = 0.005
     snapshot_min_entries: int = 200_000
     snapshot_min_seconds: int = 600
+    quiet_after: float | None = 1.0  # idle seconds before the group stops heartbeating on a RaftHost; None: never
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +193,10 @@ class PartitionGroup(pysyncobj_fixes.SyncObj):
             onStateChanged=self._on_state_changed,
         )
         transport = None if host is None else host.transport_for(spec.group_id)
+        if timings.quiet_after is None:
+            self._dmq_quiesce = False
+        else:
+            self._dmq_quietAfter = timings.quiet_after
         self._tick_actions: collections.deque[Callable[[], None]] = collections.deque()
         super().__init__(spec.self_address, list(spec.peers), conf, transport=transport)
         if host is not None:

@@ -24,8 +24,14 @@ The loop, in its thread::
     wait in epoll until the earliest group timer, a socket event, or a wake-up from another thread
 
 A group's next due time is read from pysyncobj's state after each tick: the heartbeat time when it leads, its
-election deadline otherwise, its once-a-second log timer, capped at ``max_idle_tick``; so an idle group costs one
-tick per heartbeat (leader) or per received heartbeat (follower), not one per poll period. Commands submitted from
+election deadline otherwise, its once-a-second log timer, capped at ``max_idle_tick``; so a group costs one tick per
+heartbeat (leader) or per received heartbeat (follower), not one per poll period. A quiet group (an idle one whose
+leader stopped heartbeating, see ``pysyncobj_fixes``) is ticked every ``max_quiet_tick`` or when something happens
+to it, such as a message, a command, or a peer node that connects, disconnects or goes silent.
+
+Peer liveness: a connection that has sent nothing for ``liveness_timeout / 3`` sends a keep-alive, so a peer node
+from which nothing arrived for ``liveness_timeout`` is presumed gone (:meth:`RaftHost.peer_alive`); the groups it
+serves are ticked when that happens. Quiet groups rely on it instead of heartbeats of their own. Commands submitted from
 other threads wake the loop through one shared pipe: the group's ``PipeNotifier`` (unbatched mode) is replaced by
 one that writes to it, and in batched mode ``_applyCommand`` is wrapped to do the same, so a single command is
 picked up within microseconds, not at the next poll timeout.
@@ -110,7 +116,8 @@ class RaftHost:
                  max_frame_bytes: int = 16 << 20, max_send_buffer: int = 32 << 20,
                  connection_timeout: float = 3.0, reconnect_interval: float = 0.5, handshake_timeout: float = 5.0,
                  max_handshakes: int = 64, max_idle_tick: float = 0.5, compress_min_bytes: int | None = 32 << 10,
-                 max_round_seconds: float = 0.05, poll_first_after: float = 0.05, stall_warn_seconds: float = 0.25):
+                 max_round_seconds: float = 0.05, poll_first_after: float = 0.05, stall_warn_seconds: float = 0.25,
+                 liveness_timeout: float = 0.3, max_quiet_tick: float = 2.0):
         host, port = address.rsplit(":", 1)
         self.address = address
         # bind_address: "host" (the address's port) or "host:port" (e.g. behind a proxy that owns the address)
@@ -124,12 +131,16 @@ class RaftHost:
         self.handshake_timeout = float(handshake_timeout)
         self.max_handshakes = int(max_handshakes)
         self.max_idle_tick = float(max_idle_tick)
+        self.max_quiet_tick = float(max_quiet_tick)
+        self.liveness_timeout = float(liveness_timeout)
+        if not 0 < self.liveness_timeout < self.connection_timeout:
+            raise ValueError("liveness_timeout must be positive and below connection_timeout")
         self.max_round_seconds = float(max_round_seconds)
         self.poll_first_after = float(poll_first_after)
         self.stall_warn_seconds = float(stall_warn_seconds)
         self.compress_min_bytes = compress_min_bytes
-        self._ping_interval = self.connection_timeout / 3.0
-        self._hk_interval = min(0.25, self.connection_timeout / 6.0)
+        self._ping_interval = self.liveness_timeout / 3.0
+        self._hk_interval = min(0.25, self.liveness_timeout / 4.0)
 
         self._lock = threading.Lock()
         self._ops: deque = deque()
@@ -508,14 +519,17 @@ class RaftHost:
     def _next_due(self, g, now):
         try:
             d = g.__dict__
-            if d["_SyncObj__raftState"] == _RAFT_STATE.LEADER:
+            quiet = d["_dmq_asleep"] or d["_dmq_quietLeader"] is not None
+            if quiet:  # no heartbeats to send or to wait for; events tick it sooner
+                due = now + self.max_quiet_tick
+            elif d["_SyncObj__raftState"] == _RAFT_STATE.LEADER:
                 due = d["_SyncObj__newAppendEntriesTime"]
             else:
                 due = d["_SyncObj__raftElectionDeadline"]
                 if due <= now:  # not connected to anyone: pysyncobj re-checks every tick
                     due = now + 0.05
             one_second = d["_SyncObj__startTime"] + d["_SyncObj__numOneSecondDumps"]
-            if one_second < due:
+            if one_second < due and not quiet:
                 due = one_second
             if d["_SyncObj__raftCommitIndex"] > d["_SyncObj__raftLastApplied"]:
                 due = min(due, now + 0.002)
@@ -527,8 +541,8 @@ class RaftHost:
                 else:
                     due = min(due, now + (0.0 if d["_SyncObj__raftLeader"] is not None else 0.05))
         except (KeyError, AttributeError):  # not the pysyncobj layout we know: tick like autoTickPeriod
-            due = now + 0.05
-        cap = now + self.max_idle_tick
+            return now + 0.05
+        cap = now + (self.max_quiet_tick if quiet else self.max_idle_tick)
         return due if due < cap else cap
 
     def _flush_all(self):
@@ -714,6 +728,19 @@ class RaftHost:
             if entry is not None:
                 self._dirty.add(entry)
 
+    def peer_alive(self, address: str) -> bool:
+        """Something arrived from the node at `address` within ``liveness_timeout``, on an open connection."""
+        peer = self._peers.get(address)
+        conn = None if peer is None else peer.conn
+        return conn is not None and conn.is_open and _now() - conn.last_recv <= self.liveness_timeout
+
+    def _touch_groups_of(self, address):
+        peer = self._peers.get(address)
+        for t in list(peer.transports) if peer is not None else ():
+            entry = self._groups.get(t.gid)
+            if entry is not None:
+                self._dirty.add(entry)
+
     def _close_conn(self, conn, reason, security=False):
         if conn.closed:
             return
@@ -753,9 +780,16 @@ class RaftHost:
                 self.counters["auth_failures"] += 1
                 self._close_conn(conn, "handshake timed out", security=True)
         for conn in list(self._conns):
-            if now - conn.last_recv > self.connection_timeout:
-                self._close_conn(conn, "nothing received for %.1fs" % (now - conn.last_recv))
-            elif now - conn.last_send > self._ping_interval and not conn.wbuf:
+            silence = now - conn.last_recv
+            if silence > self.connection_timeout:
+                self._close_conn(conn, "nothing received for %.1fs" % silence)
+                continue
+            if silence <= self.liveness_timeout:
+                conn.silent = False
+            elif not conn.silent:  # the peer went silent: its groups' quiet followers must notice (peer_alive)
+                conn.silent = True
+                self._touch_groups_of(conn.peer_id)
+            if now - conn.last_send > self._ping_interval and not conn.wbuf:
                 if conn.send_ping():
                     self._to_flush.add(conn)
         for peer in self._peers.values():

@@ -42,6 +42,10 @@ dmq depends on the published pysyncobj package, unmodified. What it needs change
    * Pre-vote (Raft thesis §9.6): the ``_onTick`` wrapper holds a ``pre_vote`` round before any election, and
      ``__onMessageReceived`` answers it without changing a term. A replica cut off from the others no longer
      deposes a healthy leader with a higher term when the network heals.
+   * Quiescence: a leader idle for ``_dmq_quietAfter`` marks its heartbeats ``quiesce``; followers that match its
+     whole, committed log go quiet and acknowledge it, and once all have, the leader stops heartbeating. A quiet
+     follower holds no election while the transport says the leader's node is alive (``peer_alive``). The
+     ``_onTick`` wrapper, ``__onMessageReceived`` (both sides) and ``__sendAppendEntries`` carry it.
 
 2. :func:`install`, process-wide and idempotent, called explicitly by dmq's startup code (never on import):
 
@@ -270,6 +274,10 @@ class SyncObj(_StockSyncObj):
         self._dmq_preVoteWon = False  # a majority granted: this tick starts the real election
         self._dmq_leaderContact = 0.0  # monotonic time of the last append_entries from the current leader
         self._dmq_handoverUntil = 0.0  # monotonic time until which a leader that sent timeout_now appends nothing
+        self._dmq_quietLeader = None  # follower: (leader node, term) of the quiesce heartbeat it obeys
+        self._dmq_asleep = False  # leader: every follower went quiet, no heartbeats are sent
+        self._dmq_quietAcks = {}  # leader: node -> (term, log index) its quiet acknowledgement covered
+        self._dmq_idleSince = (0, 0.0)  # leader: (last log index, monotonic time it was first seen last)
         super().__init__(*args, **kwargs)
 
     # -- durability hooks ----------------------------------------------------------------------------------------
@@ -290,15 +298,18 @@ class SyncObj(_StockSyncObj):
             for node, message in replies:
                 self.__transport.send(node, message)
 
-    def _dmq_queueNextNodeIdx(self, node, reset=False, nextNodeIdx=None, success=False):
+    def _dmq_queueNextNodeIdx(self, node, reset=False, nextNodeIdx=None, success=False, quiet=False):
         if nextNodeIdx is None:
             nextNodeIdx = self.__getCurrentLogIndex() + 1
-        self._dmq_reply(node, {
+        message = {
             'type': 'next_node_idx',
             'next_node_idx': nextNodeIdx,
             'reset': reset,
             'success': success,
-        })
+        }
+        if quiet:
+            message['quiet'] = True  # DMQ: quiescence (stock leaders ignore the key)
+        self._dmq_reply(node, message)
 
     def _onTick(self, timeToWait=0.0):
         # DMQ: everything appended so far (by the leader in the previous tick, or by message handlers during the
@@ -306,6 +317,7 @@ class SyncObj(_StockSyncObj):
         # follower acknowledgement leaves.
         self._dmq_syncAndReply()
         self._dmq_afterSync()
+        self._dmq_quietTick()
         self._dmq_preVoteTick()
         super()._onTick(timeToWait)
 
@@ -339,6 +351,9 @@ class SyncObj(_StockSyncObj):
             if callback is not None:
                 callback(None, FAIL_REASON.REQUEST_DENIED)
             return
+
+        if self._dmq_asleep:
+            self._dmq_wake(monotonicTime())
 
         def answered(result, error):
             if error == FAIL_REASON.SUCCESS:
@@ -406,6 +421,8 @@ class SyncObj(_StockSyncObj):
         if self.__raftLeader is not None and \
                 monotonicTime() - self._dmq_leaderContact < self.__conf.raftMinTimeout:
             return False  # the leader is alive as far as this replica knows
+        if self._dmq_quietLeader is not None and self._dmq_quietUnderLiveLeader():
+            return False  # quiet under a leader whose node is alive
         lastLogTerm = self.__getCurrentLogTerm()
         return message['last_log_term'] > lastLogTerm or (
             message['last_log_term'] == lastLogTerm and message['last_log_index'] >= self.__getCurrentLogIndex())
@@ -427,6 +444,100 @@ class SyncObj(_StockSyncObj):
             self._dmq_preVoteTerm = None
             self._dmq_preVoteWon = True
             self.__raftElectionDeadline = 0
+
+    # -- quiescence: idle groups send no heartbeats --------------------------------------------------------------
+
+    # DMQ: stock pysyncobj heartbeats every group every appendEntriesPeriod, busy or idle. With hundreds of
+    # partitions per node, idle heartbeats alone kept a core busy. A leader that has had nothing to replicate,
+    # apply or answer for _dmq_quietAfter seconds marks its heartbeats 'quiesce'. A follower whose log then matches
+    # the leader's, with everything committed, goes quiet and says so in its reply ('quiet'). Once every follower
+    # has, the leader sleeps: it sends no heartbeats until it has a command, hears from a follower, or loses a
+    # follower's node. A quiet follower holds no election while the leader's node is alive, and denies pre-votes
+    # meanwhile. Whether a node is alive is the transport's knowledge (RaftHost: one connection per node pair,
+    # pinged when idle), so it costs nothing per group; the node going silent ends the quiet, and the election
+    # timeout starts from there. Only liveness changes: terms, votes, logs and commits follow Raft as before.
+    # A follower on code without quiescence never acknowledges, so its leader never sleeps (mixed versions are
+    # safe); groups on a transport that cannot tell liveness (pysyncobj's own) never quiesce.
+
+    _dmq_quiesce = True
+    _dmq_quietAfter = 1.0  # seconds without anything to replicate before a leader asks its followers to go quiet
+
+    def _dmq_peerAlive(self, node):
+        """The transport's view of `node`'s process: True or False, None if the transport cannot tell."""
+        alive = getattr(self.__transport, 'peer_alive', None)
+        return None if alive is None else alive(node)
+
+    def _dmq_quiet(self):
+        """True while this replica is a sleeping leader or a quiet follower (its host ticks it rarely)."""
+        return self._dmq_asleep or self._dmq_quietLeader is not None
+
+    def _dmq_mayQuiesce(self, now):
+        """Leader: nothing to replicate, apply or answer, and nothing appended for _dmq_quietAfter seconds."""
+        if not self._dmq_quiesce or self.__raftState != _RAFT_STATE.LEADER or self._dmq_handoverUntil:
+            return False
+        last = self.__getCurrentLogIndex()
+        if self.__raftCommitIndex != last or self.__raftLastApplied != last:
+            return False
+        if self.__commandsQueue._FastQueue__queue:
+            return False
+        index, since = self._dmq_idleSince
+        if index != last:
+            self._dmq_idleSince = (last, now)
+            return False
+        if now - since < self._dmq_quietAfter:
+            return False
+        return all(self._dmq_peerAlive(node) for node in self.__otherNodes)
+
+    def _dmq_quietUnderLiveLeader(self):
+        """Follower: quiet under the leader of the current term, whose node is alive."""
+        node, term = self._dmq_quietLeader
+        return (self.__raftState == _RAFT_STATE.FOLLOWER and term == self.__raftCurrentTerm
+                and self.__raftLeader == node and bool(self._dmq_peerAlive(node)))
+
+    def _dmq_quietTick(self):
+        """At the top of a tick: keep a quiet follower from campaigning, and put a leader to sleep or wake it."""
+        if self._dmq_quietLeader is not None:
+            now = monotonicTime()
+            if self._dmq_quietUnderLiveLeader():
+                self.__raftElectionDeadline = now + self.__generateRaftTimeout()
+                self._dmq_skipOneSecondTimers(now)
+                return
+            if self.__raftState == _RAFT_STATE.FOLLOWER and self.__raftLeader == self._dmq_quietLeader[0]:
+                # its node went silent: presumed gone from now on, after an election timeout as usual
+                self.__raftElectionDeadline = now + self.__generateRaftTimeout()
+            self._dmq_quietLeader = None
+        if self.__raftState != _RAFT_STATE.LEADER:
+            if self._dmq_asleep or self._dmq_quietAcks:
+                self._dmq_asleep = False
+                self._dmq_quietAcks = {}
+            return
+        if not self._dmq_quietAcks:
+            return
+        now = monotonicTime()
+        key = (self.__raftCurrentTerm, self.__getCurrentLogIndex())
+        if all(self._dmq_quietAcks.get(node) == key for node in self.__otherNodes) and self._dmq_mayQuiesce(now):
+            self._dmq_asleep = True
+            self.__newAppendEntriesTime = float('inf')
+            for node in self.__otherNodes:  # their nodes are alive: that stands in for answers to heartbeats
+                self.__lastResponseTime[node] = now
+            self._dmq_skipOneSecondTimers(now)
+        elif self._dmq_asleep:
+            self._dmq_wake(now)
+
+    def _dmq_wake(self, now):
+        """Leader: heartbeat again, at once. Followers whose nodes are alive count as just heard from."""
+        self._dmq_asleep = False
+        self._dmq_quietAcks = {}
+        self.__newAppendEntriesTime = 0
+        for node in self.__otherNodes:
+            if self._dmq_peerAlive(node):
+                self.__lastResponseTime[node] = now
+
+    def _dmq_skipOneSecondTimers(self, now):
+        """pysyncobj catches up its one-second timer one step per tick; a group ticked rarely would owe many."""
+        owed = int(now - self.__startTime)
+        if owed > self.__numOneSecondDumps:
+            self.__numOneSecondDumps = owed - 1  # the stock tick runs the timer once (saving the commit index)
 
     # -- applying (copy of pysyncobj 0.3.17, bounded per tick) ---------------------------------------------------
 
@@ -582,6 +693,10 @@ class SyncObj(_StockSyncObj):
 
     def __onMessageReceived(self, node, message):
 
+        # DMQ: quiescence: a sleeping leader wakes at anything but a follower's quiet acknowledgement
+        if self._dmq_asleep and not (message['type'] == 'next_node_idx' and message.get('quiet')):
+            self._dmq_wake(monotonicTime())
+
         # DMQ: pre-vote (see _dmq_preVoteTick); answering one changes nothing here
         if message['type'] == 'pre_vote' and self.__selfNode is not None:
             self.__transport.send(node, {
@@ -601,6 +716,7 @@ class SyncObj(_StockSyncObj):
             if message['term'] >= self.__raftCurrentTerm and node == self.__raftLeader:
                 self.__raftElectionDeadline = 0
                 self.__transferInProgress = True
+                self._dmq_quietLeader = None  # DMQ: quiescence
 
         if message['type'] == 'request_vote' and self.__selfNode is not None:
 
@@ -643,6 +759,7 @@ class SyncObj(_StockSyncObj):
             self.__raftLeader = node
             self._dmq_leaderContact = monotonicTime()  # DMQ: pre-vote
             self._dmq_preVoteTerm = None
+            self._dmq_quietLeader = None  # DMQ: quiescence, set again below if this heartbeat asks for it
             if message['term'] > self.__raftCurrentTerm:
                 self.__setCurrentTerm(message['term'], None)
             self.__setState(_RAFT_STATE.FOLLOWER)
@@ -694,8 +811,15 @@ class SyncObj(_StockSyncObj):
                 if verifiedIdx is None:
                     return
 
+                # DMQ: quiescence: go quiet when this log matches the leader's and all of it is committed
+                quiet = (message.get('quiesce', False) and self._dmq_quiesce and not self.__transferInProgress
+                         and verifiedIdx == self.__getCurrentLogIndex() and leaderCommitIndex >= verifiedIdx
+                         and self._dmq_peerAlive(node) is not None)
+                if quiet:
+                    self._dmq_quietLeader = (node, self.__raftCurrentTerm)
+
                 # DMQ: acknowledge what was verified, after the fsync (queued)
-                self._dmq_queueNextNodeIdx(node, nextNodeIdx=verifiedIdx + 1, success=True)
+                self._dmq_queueNextNodeIdx(node, nextNodeIdx=verifiedIdx + 1, success=True, quiet=quiet)
 
             # Install snapshot
             elif serialized is not None:
@@ -759,6 +883,8 @@ class SyncObj(_StockSyncObj):
                 if success:
                     if self.__raftMatchIndex[node] < currentNodeIdx:
                         self.__raftMatchIndex[node] = currentNodeIdx
+                    if message.get('quiet') and currentNodeIdx == self.__getCurrentLogIndex():
+                        self._dmq_quietAcks[node] = (self.__raftCurrentTerm, currentNodeIdx)  # DMQ: quiescence
                     # DMQ: never rewind nextIndex on an acknowledgement (entries may be in flight)
                     if self.__raftNextIndex[node] < nextNodeIdx:
                         self.__raftNextIndex[node] = nextNodeIdx
@@ -787,6 +913,7 @@ class SyncObj(_StockSyncObj):
         self.__newAppendEntriesTime = monotonicTime() + self.__conf.appendEntriesPeriod
 
         startTime = monotonicTime()
+        quiesce = self._dmq_mayQuiesce(startTime)  # DMQ: quiescence
 
         batchSizeBytes = self.__conf.appendEntriesBatchSizeBytes
 
@@ -838,6 +965,8 @@ class SyncObj(_StockSyncObj):
                             'prevLogIdx': prevLogIdx,
                             'prevLogTerm': prevLogTerm,
                         }
+                        if quiesce and not entries:
+                            message['quiesce'] = True  # DMQ: stock followers ignore the key
                         self.__transport.send(node, message)
                         if node not in self.__connectedNodes:
                             break

@@ -230,6 +230,7 @@ class Connection:
         self.handshake_deadline = now + handshake_timeout
         self.last_recv = now
         self.last_send = now
+        self.silent = False  # nothing received for the host's liveness timeout (the host keeps it)
         self.rbuf = bytearray()
         self.wbuf = bytearray()
         self._hello_self = make_hello(role, self_id)
@@ -508,6 +509,10 @@ class GroupTransport(Transport):
         if node is not None and address in self._connected:
             self._connected.discard(address)
             self._onNodeDisconnected(node)
+
+    def peer_alive(self, node) -> bool:
+        """pysyncobj_fixes quiescence: is the node of this group's peer `node` alive (see RaftHost.peer_alive)?"""
+        return node.id in self._nodes and self._host.peer_alive(node.id)
 
     def _deliver(self, address: str, message) -> bool:
         node = self._nodes.get(address)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
 from pathlib import Path
 
 import pytest
@@ -398,6 +399,8 @@ def test_metadata_nodes_invalid(chosen, expected):
     ({"election_max_ms": 300}, "election_max_ms (300) must be greater than election_min_ms (300)"),
     ({"election_max_ms": 60_001}, "election_max_ms must be from 1 to 60000, found 60001"),
     ({"heartbeat_ms": 5}, "heartbeat_ms must be from 10 to 1000, found 5"),
+    ({"quiet_after_ms": -1}, "quiet_after_ms must be from 0 to 3600000, found -1"),
+    ({"quiet_after_ms": "1s"}, "quiet_after_ms"),
 ])
 def test_election_timing(raft, expected):
     assert expected in error(SINGLE, {"raft": raft})
@@ -407,6 +410,14 @@ def test_election_timing_accepted_at_the_boundary():
     raft = parse_config(SINGLE, overrides={"raft": {"heartbeat_ms": 100, "election_min_ms": 300,
                                                     "election_max_ms": 301}}).raft
     assert (raft.heartbeat_ms, raft.election_min_ms, raft.election_max_ms) == (100, 300, 301)
+
+
+def test_quiet_after_reaches_the_groups():
+    from dmq_server.node import Node
+    for given, expected in ((0, None), (2500, 2.5)):
+        config = parse_config(SINGLE, overrides={"raft": {"quiet_after_ms": given}})
+        assert Node._timings(types.SimpleNamespace(config=config)).quiet_after == expected
+    assert parse_config(SINGLE).raft.quiet_after_ms == 1000
 
 
 # --- auth ---------------------------------------------------------------------------------------------------

@@ -76,6 +76,10 @@ class InProcessCluster:
         self.groups[gid] = gs
         return gs
 
+    def groups_on(self, index):
+        """The replicas of every group on host `index`."""
+        return [gs[index] for gs in self.groups.values()]
+
     def leader(self, gid):
         for h, g in zip(self.hosts, self.groups[gid]):
             if h._running and h.call(g._isLeader):

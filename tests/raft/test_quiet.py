@@ -1,0 +1,132 @@
+"""Quiescence: idle groups on a RaftHost stop heartbeating, wake for a command, and still fail over.
+
+pysyncobj_fixes: a leader idle for _dmq_quietAfter asks its followers to go quiet; once all have, it sleeps. A
+quiet follower holds no election while the leader's node is alive (RaftHost.peer_alive).
+"""
+
+import time
+
+from .hostutil import InProcessCluster
+
+GROUPS = 10
+
+
+def _state(cl, gid):
+    """Per host: (leader?, asleep?, quiet follower?, term) of the group's replica."""
+    out = []
+    for h, g in zip(cl.hosts, cl.groups[gid]):
+        if h._running:
+            out.append(h.call(lambda g=g: (g._isLeader(), g._dmq_asleep, g._dmq_quietLeader is not None,
+                                           g._getTerm())))
+    return out
+
+
+def _all_quiet(cl):
+    for gid in cl.groups:
+        replicas = _state(cl, gid)
+        if not all(asleep if leader else quiet for leader, asleep, quiet, _ in replicas):
+            return False
+    return True
+
+
+def _wait(predicate, timeout, step=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
+def _frames(cl):
+    return sum(h.stats()["frames_in"] for h in cl.hosts if h._running)
+
+
+def _terms(cl):
+    return {gid: max(term for *_, term in _state(cl, gid)) for gid in cl.groups}
+
+
+def test_idle_groups_go_quiet_then_wake_for_a_command():
+    with InProcessCluster(3, groups=GROUPS) as cl:
+        cl.wait_leaders()
+        for gid in cl.groups:
+            cl.leader(gid).apply((gid, 0), sync=True, timeout=10)
+        assert _wait(lambda: _all_quiet(cl), 15), [_state(cl, gid) for gid in cl.groups]
+        terms = _terms(cl)
+
+        before = _frames(cl)
+        time.sleep(2.0)
+        frames_per_second = (_frames(cl) - before) / 2.0
+        # Awake, 10 groups x 2 followers x 20 heartbeats/s, and as many replies: 800 frames/s. Quiet, only the
+        # hosts' keep-alives remain: 3 connections x 2 directions x about 10/s.
+        assert frames_per_second < 150, frames_per_second
+        assert _terms(cl) == terms, "a quiet group held an election"
+
+        for gid in cl.groups:
+            cl.leader(gid).apply((gid, 1), sync=True, timeout=5)
+        for gid in cl.groups:
+            assert cl.wait_applied(gid, 2)
+            a = cl.applied(gid)
+            assert a[0] == a[1] == a[2] == [(gid, 0), (gid, 1)]
+        assert _terms(cl) == terms
+
+
+def test_quiet_followers_elect_a_new_leader_when_the_leaders_node_goes_silent():
+    """The leader's node stops answering without closing its connections (a stalled process, a cable pulled):
+    its quiet followers notice through the host's keep-alives and elect a leader among themselves."""
+    with InProcessCluster(3, groups=GROUPS) as cl:
+        cl.wait_leaders()
+        for gid in cl.groups:
+            cl.leader(gid).apply((gid, 0), sync=True, timeout=10)
+        assert _wait(lambda: _all_quiet(cl), 15)
+        stalled = cl.hosts[0]
+        led = [gid for gid, gs in cl.groups.items() if stalled.call(gs[0]._isLeader)]
+        assert led, "host 0 leads no group"
+        terms = _terms(cl)
+
+        stalled.call(lambda: time.sleep(2.5), timeout=10)  # silent for 2.5 s; the connections stay open
+
+        def moved():
+            return all(cl.leader(gid) is not None and cl.leader(gid) is not cl.groups[gid][0] for gid in led)
+        assert _wait(moved, 10), [_state(cl, gid) for gid in led]
+        for gid in led:
+            assert _terms(cl)[gid] > terms[gid]
+            cl.leader(gid).apply((gid, 1), sync=True, timeout=5)
+            assert cl.wait_applied(gid, 2)
+
+
+def test_quiet_followers_elect_a_new_leader_when_the_leaders_node_stops():
+    with InProcessCluster(3, groups=GROUPS) as cl:
+        cl.wait_leaders()
+        for gid in cl.groups:
+            cl.leader(gid).apply((gid, 0), sync=True, timeout=10)
+        assert _wait(lambda: _all_quiet(cl), 15)
+        led = [gid for gid, gs in cl.groups.items() if cl.hosts[0].call(gs[0]._isLeader)]
+        assert led, "host 0 leads no group"
+        cl.hosts[0].stop()
+        start = time.monotonic()
+        assert _wait(lambda: all(cl.leader(gid) is not None for gid in led), 10)
+        elapsed = time.monotonic() - start
+        # a closed connection is noticed at once: one election timeout (0.3-0.45 s) plus the pre-vote round
+        assert elapsed < 3.0, elapsed
+        for gid in led:
+            cl.leader(gid).apply((gid, 1), sync=True, timeout=5)
+
+
+def test_a_follower_without_quiescence_keeps_its_leader_heartbeating():
+    """A replica on code that ignores 'quiesce' (an older version) never acknowledges it: its leader must not
+    sleep, or that replica would start elections against a healthy leader."""
+    with InProcessCluster(3, groups=4) as cl:
+        for g in cl.groups_on(2):
+            cl.hosts[2].call(lambda g=g: setattr(g, "_dmq_quiesce", False))
+        cl.wait_leaders()
+        for gid in cl.groups:
+            cl.leader(gid).apply((gid, 0), sync=True, timeout=10)
+        time.sleep(3.0)  # three times the idle time after which leaders ask for quiet
+        terms = _terms(cl)
+        for gid in cl.groups:
+            replicas = _state(cl, gid)
+            assert not any(asleep for _, asleep, _, _ in replicas), replicas
+            assert not replicas[2][2], "a replica that does not quiesce went quiet"
+        time.sleep(1.0)
+        assert _terms(cl) == terms
