@@ -27,14 +27,14 @@ A group's next due time is read from pysyncobj's state after each tick: the hear
 election deadline otherwise, its once-a-second log timer, capped at ``max_idle_tick``; so a group costs one tick per
 heartbeat (leader) or per received heartbeat (follower), not one per poll period. A quiet group (an idle one whose
 leader stopped heartbeating, see ``pysyncobj_fixes``) is ticked every ``max_quiet_tick`` or when something happens
-to it, such as a message, a command, or a peer node that connects, disconnects or goes silent.
+to it, such as a message, a command, or a peer node that connects, disconnects or goes silent. Commands submitted
+from other threads wake the loop through one shared pipe: the group's ``PipeNotifier`` (unbatched mode) is replaced
+by one that writes to it, and in batched mode ``_applyCommand`` is wrapped to do the same, so a single command is
+picked up within microseconds, not at the next poll timeout.
 
 Peer liveness: a connection that has sent nothing for ``liveness_timeout / 3`` sends a keep-alive, so a peer node
 from which nothing arrived for ``liveness_timeout`` is presumed gone (:meth:`RaftHost.peer_alive`); the groups it
-serves are ticked when that happens. Quiet groups rely on it instead of heartbeats of their own. Commands submitted from
-other threads wake the loop through one shared pipe: the group's ``PipeNotifier`` (unbatched mode) is replaced by
-one that writes to it, and in batched mode ``_applyCommand`` is wrapped to do the same, so a single command is
-picked up within microseconds, not at the next poll timeout.
+serves are ticked when that happens. Quiet groups rely on it instead of heartbeats of their own.
 
 Threading: every pysyncobj callback and every touch of a group's state happens on the host's thread. Other threads
 only call the group's ``@replicated`` methods (thread-safe in pysyncobj: they enqueue), :meth:`RaftHost.call` to
