@@ -519,7 +519,7 @@ class RaftHost:
     def _next_due(self, g, now):
         try:
             d = g.__dict__
-            quiet = d["_dmq_asleep"] or d["_dmq_quietLeader"] is not None
+            quiet = g._dmq_quiet()
             if quiet:  # no heartbeats to send or to wait for; events tick it sooner
                 due = now + self.max_quiet_tick
             elif d["_SyncObj__raftState"] == _RAFT_STATE.LEADER:

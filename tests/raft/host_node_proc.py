@@ -65,8 +65,8 @@ def main():
             self.applied.append(cid)
             return cid
 
-    host = RaftHost(a.me, secret, connection_timeout=a.conn_timeout,
-                    handshake_timeout=a.handshake_timeout).start()
+    host = RaftHost(a.me, secret, connection_timeout=a.conn_timeout, handshake_timeout=a.handshake_timeout,
+                    liveness_timeout=a.min_timeout).start()  # as a node sets it
     groups = {}
     space = LogSpace(os.path.join(a.data, "raftlog")) if a.journal == "shared" else None  # as a node keeps them
     for i in range(a.groups):
