@@ -24,7 +24,6 @@ from dmq_client import AsyncClient, BatchError, DmqError
 
 _SEQ = struct.Struct(">Q")
 HISTOGRAM_EDGES_MS = (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
-RECEIVE_BATCH = 100
 IDLE_SECONDS = 10.0  # the receive phase ends when this long passes without a message (all lost then)
 
 
@@ -81,8 +80,8 @@ def _body(sequence: int, body_bytes: int) -> bytes:
 
 
 async def run(nodes: list[str], token: str | None, *, messages: int, body_bytes: int, batch: int, producers: int,
-              consumers: int, partitions: int, latency_sends: int, queue: str | None, keep_queue: bool,
-              show_progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
+              consumers: int, receive_batch: int, partitions: int, latency_sends: int, queue: str | None,
+              keep_queue: bool, show_progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
     if body_bytes < _SEQ.size:
         raise ValueError(f"--body-bytes must be at least {_SEQ.size} (the message number)")
     name = queue or f"bench-{os.urandom(4).hex()}"
@@ -104,7 +103,8 @@ async def run(nodes: list[str], token: str | None, *, messages: int, body_bytes:
                 latency.samples.append(time.perf_counter() - started)
                 sent.add(sequence)
             received, duplicates, receive_seconds = await _receive_phase(
-                client, name, len(sent), consumers, Progress(show_progress, "receive+delete", len(sent)))
+                client, name, len(sent), consumers, receive_batch,
+                Progress(show_progress, "receive+delete", len(sent)))
         finally:
             if not keep_queue:
                 await client.delete_queue(name)
@@ -118,6 +118,7 @@ async def run(nodes: list[str], token: str | None, *, messages: int, body_bytes:
         "batch": batch,
         "producers": producers,
         "consumers": consumers,
+        "receive_batch": receive_batch,
         "send_msgs_per_s": round(messages / send_seconds) if send_seconds else 0,
         "send_failed": failed,
         "send_batch_p50_ms": round(batch_latency.percentile(0.5), 3),
@@ -164,7 +165,7 @@ async def _send_phase(client: AsyncClient, queue: str, messages: int, body_bytes
     return time.perf_counter() - started, latency, failed
 
 
-async def _receive_phase(client: AsyncClient, queue: str, expected: int, consumers: int,
+async def _receive_phase(client: AsyncClient, queue: str, expected: int, consumers: int, receive_batch: int,
                          progress: Progress) -> tuple[set[int], int, float]:
     received: set[int] = set()
     duplicates = 0
@@ -174,7 +175,7 @@ async def _receive_phase(client: AsyncClient, queue: str, expected: int, consume
         nonlocal duplicates, last_message
         deleting: asyncio.Future[None] | None = None  # the previous batch's delete, overlapping this receive
         while len(received) < expected and time.monotonic() - last_message < IDLE_SECONDS:
-            batch = await client.receive(queue, max_messages=RECEIVE_BATCH, wait_seconds=1)
+            batch = await client.receive(queue, max_messages=receive_batch, wait_seconds=1)
             if not batch:
                 continue
             last_message = time.monotonic()

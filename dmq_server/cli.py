@@ -70,7 +70,9 @@ def bench_raft(cmds: int, batch: int, body_bytes: int, window: int, latency_comm
 @click.option("--body-bytes", default=100, show_default=True, help="Body size of each message.")
 @click.option("--batch", default=100, show_default=True, help="Messages per send_batch in the send phase.")
 @click.option("--producers", default=8, show_default=True, help="Concurrent producers (one batch in flight each).")
-@click.option("--consumers", default=8, show_default=True, help="Concurrent consumers (receive 100, delete them).")
+@click.option("--consumers", default=8, show_default=True,
+              help="Concurrent consumers (each receives a batch, then deletes it while receiving the next).")
+@click.option("--receive-batch", default=100, show_default=True, help="Messages per receive in the receive phase.")
 @click.option("--partitions", default=4, show_default=True, help="Partitions of the benchmark queue.")
 @click.option("--latency-sends", default=2_000, show_default=True,
               help="Sequential single sends for the latency figures.")
@@ -78,7 +80,8 @@ def bench_raft(cmds: int, batch: int, body_bytes: int, window: int, latency_comm
 @click.option("--keep-queue", is_flag=True, help="Do not delete the queue at the end.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the report.")
 def bench(nodes: str, token: str | None, messages: int, body_bytes: int, batch: int, producers: int, consumers: int,
-          partitions: int, latency_sends: int, queue: str | None, keep_queue: bool, as_json: bool) -> None:
+          receive_batch: int, partitions: int, latency_sends: int, queue: str | None, keep_queue: bool,
+          as_json: bool) -> None:
     """Benchmark a running cluster through the SDK: send throughput, receive+delete throughput, single-send
     latency, and an exact count of lost messages (must be 0)."""
     import asyncio
@@ -89,14 +92,16 @@ def bench(nodes: str, token: str | None, messages: int, body_bytes: int, batch: 
 
     if not 1 <= batch <= 1_000:
         raise click.BadParameter("must be from 1 to 1000", param_hint="--batch")
+    if not 1 <= receive_batch <= 1_000:
+        raise click.BadParameter("must be from 1 to 1000", param_hint="--receive-batch")
     if min(messages, producers, consumers, partitions) < 1 or latency_sends < 0:
         raise click.BadParameter("counts must be positive")
     addresses = [address.strip() for address in nodes.split(",") if address.strip()]
     try:
         results = asyncio.run(bench_client.run(
             addresses, token, messages=messages, body_bytes=body_bytes, batch=batch, producers=producers,
-            consumers=consumers, partitions=partitions, latency_sends=latency_sends, queue=queue,
-            keep_queue=keep_queue, show_progress=not as_json, log=(lambda line: None) if as_json else click.echo))
+            consumers=consumers, receive_batch=receive_batch, partitions=partitions, latency_sends=latency_sends,
+            queue=queue, keep_queue=keep_queue, show_progress=not as_json, log=(lambda line: None) if as_json else click.echo))
     except (DmqError, ValueError) as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     click.echo(json.dumps(results) if as_json else bench_client.report(results))

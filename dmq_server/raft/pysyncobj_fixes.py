@@ -38,7 +38,9 @@ dmq depends on the published pysyncobj package, unmodified. What it needs change
      right after a new leader appended its no-op (a one-node group computes its commit in the same tick).
    * ``transferLeadership`` and ``_checkCommandsToApply`` are wrapped so that a leader that sent ``timeout_now``
      appends no new command until it steps down (or an election timeout passes): entries appended meanwhile made
-     the target's log the shorter one, and the other voters refused it (Raft thesis §3.10).
+     the target's log the shorter one, and the other voters refused it (Raft thesis §3.10). The same wrapper
+     dates the commands pysyncobj forwards to a new leader at a leader change; one whose reply does not come
+     within ``_dmq_forwardReplyTimeout`` fails with UNKNOWN_OUTCOME (stock waited for it forever).
    * Pre-vote (Raft thesis §9.6): the ``_onTick`` wrapper holds a ``pre_vote`` round before any election, and
      ``__onMessageReceived`` answers it without changing a term. A replica cut off from the others no longer
      deposes a healthy leader with a higher term when the network heals.
@@ -64,6 +66,7 @@ unbounded TCP write buffer (no flow control), and the batching pace (``appendEnt
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import inspect
 import logging
@@ -278,6 +281,7 @@ class SyncObj(_StockSyncObj):
         self._dmq_asleep = False  # leader: every follower went quiet, no heartbeats are sent
         self._dmq_quietAcks = {}  # leader: node -> (term, log index) its quiet acknowledgement covered
         self._dmq_idleSince = (0, 0.0)  # leader: (last log index, monotonic time it was first seen last)
+        self._dmq_forwarded = collections.deque()  # (monotonic deadline, request id) of commands forwarded
         super().__init__(*args, **kwargs)
 
     # -- durability hooks ----------------------------------------------------------------------------------------
@@ -317,6 +321,8 @@ class SyncObj(_StockSyncObj):
         # follower acknowledgement leaves.
         self._dmq_syncAndReply()
         self._dmq_afterSync()
+        if self._dmq_forwarded:
+            self._dmq_expireForwarded(monotonicTime())
         self._dmq_quietTick()
         self._dmq_preVoteTick()
         super()._onTick(timeToWait)
@@ -368,7 +374,30 @@ class SyncObj(_StockSyncObj):
             if self._dmq_handoverPaused(monotonicTime()):
                 return
             self._dmq_handoverUntil = 0.0
+        forwardedBefore = self.__commandsLocalCounter
         super()._checkCommandsToApply()
+        if self.__commandsLocalCounter != forwardedBefore:
+            deadline = monotonicTime() + self._dmq_forwardReplyTimeout
+            self._dmq_forwarded.extend((deadline, requestId)
+                                       for requestId in range(forwardedBefore + 1, self.__commandsLocalCounter + 1))
+
+    # -- commands forwarded at a leader change --------------------------------------------------------------------
+
+    # DMQ: a command still queued when its leader stepped down is forwarded by pysyncobj to the new leader, whose
+    # apply_command_response tells where it was appended. Stock waits for that answer forever: when the message or
+    # its answer was lost (the connection dropped it, the new leader died), the caller heard nothing until its own
+    # timeout. Now a forwarded command with no answer within `_dmq_forwardReplyTimeout` fails with UNKNOWN_OUTCOME
+    # (it may have been appended): dmq's frontend answers Unavailable and the client retries under its dedup ids.
+
+    _dmq_forwardReplyTimeout = 2.0  # seconds; an answer normally takes one round trip
+
+    def _dmq_expireForwarded(self, now):
+        forwarded = self._dmq_forwarded
+        while forwarded and forwarded[0][0] <= now:
+            _, requestId = forwarded.popleft()
+            callback = self.__commandsWaitingReply.pop(requestId, None)
+            if callback is not None:
+                callback(None, FAIL_REASON.UNKNOWN_OUTCOME)
 
     # -- pre-vote (Raft thesis §9.6) ------------------------------------------------------------------------------
 

@@ -481,12 +481,19 @@ def test_tls_and_auth_exit_codes(secure: tuple[LocalCluster, Path]) -> None:
 def test_bench_accounts_for_every_message(dmq: LocalCluster, client: Client) -> None:
     """`dmq bench --json` end to end on a small run: every phase ran, and every acknowledged message came back."""
     result = CliRunner().invoke(main, ["bench", "--nodes", dmq.addresses[0], "--messages", "3000", "--batch", "50",
-                                       "--producers", "4", "--consumers", "4", "--partitions", "2",
-                                       "--latency-sends", "50", "--json"], catch_exceptions=False)
+                                       "--producers", "4", "--consumers", "4", "--receive-batch", "30",
+                                       "--partitions", "2", "--latency-sends", "50", "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output)
     assert figures["messages"] == 3050 and figures["lost"] == 0 and figures["send_failed"] == 0
+    assert figures["receive_batch"] == 30 and figures["duplicates"] == 0
     assert figures["send_msgs_per_s"] > 0 and figures["receive_msgs_per_s"] > 0
     assert 0 < figures["send_p50_ms"] <= figures["send_p99_ms"]
     assert sum(figures["send_latency_histogram_ms"].values()) == 50
     assert not [q for q in client.list_queues() if q.startswith("bench-")]  # the bench queue is deleted
+
+
+@pytest.mark.parametrize("option, value", [("--batch", "0"), ("--receive-batch", "1001")])
+def test_bench_refuses_batches_out_of_range(option: str, value: str) -> None:
+    result = CliRunner().invoke(main, ["bench", "--nodes", "127.0.0.1:1", option, value])
+    assert result.exit_code == 2 and option in result.output and "1 to 1000" in result.output

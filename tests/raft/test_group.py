@@ -331,6 +331,16 @@ def test_a_handover_is_made_under_continuous_writes(replicas: Replicas) -> None:
     assert not unexpected, unexpected[:4]
 
 
+def _leader_and_caught_up_follower(replicas: Replicas) -> tuple[PartitionGroup, PartitionGroup]:
+    """The leader and a follower, once every follower holds the leader's whole log (a handover is granted)."""
+    leader = replicas.leader()
+    target = next(g for g in replicas.live() if g is not leader)
+    match = leader._SyncObj__raftMatchIndex  # type: ignore[attr-defined]
+    wait_for(lambda: all(index == leader._SyncObj__getCurrentLogIndex() for index in list(match.values())),
+             what="followers caught up")
+    return leader, target
+
+
 def test_writes_that_arrive_during_a_handover_are_applied_once(replicas: Replicas) -> None:
     """The leader appends nothing once it sent timeout_now; writes that arrive meanwhile wait in its queue and go
     to the new leader with the queue (pysyncobj forwards what a leader that stepped down still holds). Writes
@@ -340,11 +350,7 @@ def test_writes_that_arrive_during_a_handover_are_applied_once(replicas: Replica
     applied = 1
     paused_rounds = 0
     for _ in range(6):
-        leader = replicas.leader()
-        target = next(g for g in replicas.live() if g is not leader)
-        match = leader._SyncObj__raftMatchIndex  # type: ignore[attr-defined]
-        wait_for(lambda: all(index == leader._SyncObj__getCurrentLogIndex() for index in list(match.values())),
-                 what="followers caught up")
+        leader, target = _leader_and_caught_up_follower(replicas)
         outcomes: list[bool] = []
         answers: list[dict] = []
         started = time.monotonic()
@@ -366,6 +372,42 @@ def test_writes_that_arrive_during_a_handover_are_applied_once(replicas: Replica
     assert paused_rounds, "no write ever met a handover's pause"
     assert replicas.submit("enqueue", messages=[[b"after", None, None, None, None]])[0]["id"] == applied + 1
 
+
+def test_a_forwarded_write_whose_answer_is_lost_fails_within_seconds(replicas: Replicas) -> None:
+    """Writes queued at a leader that steps down are forwarded to the new leader (see above). When that message is
+    lost, stock pysyncobj waited for its answer forever, so the caller heard nothing until its own timeout (the
+    node's 10 s). Now the write fails after `_dmq_forwardReplyTimeout` with an outcome-unknown Unavailable, which
+    the client retries under its dedup ids. The messages are dropped here by the old leader's transport."""
+    replicas.submit("enqueue", messages=[[b"before", None, None, None, None]])
+    applied = 1
+    lost_answers = 0
+    for _ in range(6):
+        leader, target = _leader_and_caught_up_follower(replicas)
+        transport = leader._SyncObj__transport  # type: ignore[attr-defined]
+        send = transport.send
+        transport.send = lambda node, message, send=send: (  # type: ignore[method-assign]
+            False if message.get("type") == "apply_command" else send(node, message))
+        answers: list[tuple[float, dict]] = []
+        started = time.monotonic()
+        try:
+            leader.hand_leadership_to(replicas.addresses[replicas.groups.index(target)], lambda granted: None)
+            for i in range(5):
+                leader.submit({"op": "enqueue", "now": T0, "messages": [[b"during %d" % i, None, None, None, None]]},
+                              lambda outcome: answers.append((time.monotonic() - started, outcome)))
+            wait_for(lambda: len(answers) == 5, timeout=6, what="an answer to each write")
+        finally:
+            transport.send = send  # type: ignore[method-assign]
+        unanswered = [outcome for _, outcome in answers if "result" not in outcome]
+        assert all(outcome.get("error") == "Unavailable" and "unknown" in outcome["message"]
+                   for outcome in unanswered), unanswered
+        assert all(elapsed < leader._dmq_forwardReplyTimeout + 2 for elapsed, outcome in answers if "error" in outcome)
+        lost_answers += len(unanswered)
+        applied += 5 - len(unanswered)
+        if lost_answers:
+            break
+    assert lost_answers, "no write was ever forwarded"
+    # Nothing forwarded was applied (the messages were dropped): the next id follows the writes that were.
+    assert replicas.submit("enqueue", messages=[[b"after", None, None, None, None]])[0]["id"] == applied + 1
 
 def _log_keys(space: LogSpace, group_id: str) -> int:
     low, high = group_keys(group_id)
