@@ -101,7 +101,8 @@ def bench(nodes: str, token: str | None, messages: int, body_bytes: int, batch: 
         results = asyncio.run(bench_client.run(
             addresses, token, messages=messages, body_bytes=body_bytes, batch=batch, producers=producers,
             consumers=consumers, receive_batch=receive_batch, partitions=partitions, latency_sends=latency_sends,
-            queue=queue, keep_queue=keep_queue, show_progress=not as_json, log=(lambda line: None) if as_json else click.echo))
+            queue=queue, keep_queue=keep_queue, show_progress=not as_json,
+            log=(lambda line: None) if as_json else click.echo))
     except (DmqError, ValueError) as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     click.echo(json.dumps(results) if as_json else bench_client.report(results))
