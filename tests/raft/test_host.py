@@ -99,8 +99,17 @@ def test_a_held_up_follower_reads_its_heartbeats_before_firing_its_timers():
         host.call(lambda: time.sleep(1.0), timeout=10)  # the loop thread held up for 2-3 election timeouts
         time.sleep(0.5)
         after = {gid: host.call(cl.groups[gid][2]._getTerm) for gid in followed}
-        assert after == terms, "host 2 started elections against healthy leaders"
+        assert after == terms, "host 2 started elections against healthy leaders: " + _replica_states(cl, followed)
         assert host.stats()["late_polls"] >= 1
+
+
+def _replica_states(cl, gids):
+    """What each replica of the groups knows, for a failure message: who led, who was quiet or asleep."""
+    def state(group):
+        return {"term": group._getTerm(), "leader": group._isLeader(), "quiet_under": group._dmq_quietLeader,
+                "asleep": group._dmq_asleep, "pre_vote_term": group._dmq_preVoteTerm}
+    states = {gid: [h.call(lambda g=g: state(g)) for h, g in zip(cl.hosts, cl.groups[gid])] for gid in gids}
+    return str(states | {"hosts": [{k: h.stats()[k] for k in ("late_polls", "stalls")} for h in cl.hosts]})
 
 
 def test_single_command_wakes_the_host_promptly():
