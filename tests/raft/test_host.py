@@ -109,7 +109,8 @@ def _replica_states(cl, gids):
         return {"term": group._getTerm(), "leader": group._isLeader(), "quiet_under": group._dmq_quietLeader,
                 "asleep": group._dmq_asleep, "pre_vote_term": group._dmq_preVoteTerm}
     states = {gid: [h.call(lambda g=g: state(g)) for h, g in zip(cl.hosts, cl.groups[gid])] for gid in gids}
-    return str(states | {"hosts": [{k: h.stats()[k] for k in ("late_polls", "stalls")} for h in cl.hosts]})
+    counters = [{k: stats[k] for k in ("late_polls", "stalls")} for stats in (h.stats() for h in cl.hosts)]
+    return str(states | {"hosts": counters})
 
 
 def test_single_command_wakes_the_host_promptly():
