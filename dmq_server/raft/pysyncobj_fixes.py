@@ -909,11 +909,15 @@ class SyncObj(_StockSyncObj):
                 success = message['success']
 
                 currentNodeIdx = nextNodeIdx - 1
+                # DMQ: quiescence. Only a follower's latest reply says whether it is quiet: one that a plain
+                # heartbeat woke since its quiet acknowledgement must not count as quiet when the others ack.
+                if success and message.get('quiet') and currentNodeIdx == self.__getCurrentLogIndex():
+                    self._dmq_quietAcks[node] = (self.__raftCurrentTerm, currentNodeIdx)
+                else:
+                    self._dmq_quietAcks.pop(node, None)
                 if success:
                     if self.__raftMatchIndex[node] < currentNodeIdx:
                         self.__raftMatchIndex[node] = currentNodeIdx
-                    if message.get('quiet') and currentNodeIdx == self.__getCurrentLogIndex():
-                        self._dmq_quietAcks[node] = (self.__raftCurrentTerm, currentNodeIdx)  # DMQ: quiescence
                     # DMQ: never rewind nextIndex on an acknowledgement (entries may be in flight)
                     if self.__raftNextIndex[node] < nextNodeIdx:
                         self.__raftNextIndex[node] = nextNodeIdx

@@ -130,3 +130,32 @@ def test_a_follower_without_quiescence_keeps_its_leader_heartbeating():
             assert not replicas[2][2], "a replica that does not quiesce went quiet"
         time.sleep(1.0)
         assert _terms(cl) == terms
+
+
+def test_a_follower_woken_since_its_quiet_acknowledgement_keeps_its_leader_awake():
+    """Only a follower's latest reply says whether it is quiet. A plain heartbeat (sent while the leader saw another
+    node silent) wakes a quiet follower; its earlier quiet acknowledgement must not count when the last follower
+    acknowledges, or the leader sleeps while that follower waits for heartbeats and then holds an election (seen
+    after a follower's node stalled for a second)."""
+    with InProcessCluster(3, groups=1) as cl:
+        cl.wait_leaders()
+        cl.leader("g0").apply(("g0", 0), sync=True, timeout=10)
+        assert _wait(lambda: _all_quiet(cl), 15), _state(cl, "g0")
+        leader = cl.leader("g0")
+        host = cl.hosts[cl.groups["g0"].index(leader)]
+
+        def replies_then_asleep(replies):
+            """Wake the leader, hand it these (follower index, quiet?) replies, then run its quiescence check."""
+            leader._dmq_wake(time.monotonic())
+            followers = sorted(leader._SyncObj__otherNodes, key=str)
+            last = leader._SyncObj__getCurrentLogIndex()
+            for index, quiet in replies:
+                reply = {"type": "next_node_idx", "next_node_idx": last + 1, "reset": False, "success": True}
+                if quiet:
+                    reply["quiet"] = True
+                leader._SyncObj__onMessageReceived(followers[index], reply)
+            leader._dmq_quietTick()
+            return leader._dmq_asleep
+
+        assert host.call(lambda: replies_then_asleep([(0, True), (1, True)])), "both quiet: the leader sleeps"
+        assert not host.call(lambda: replies_then_asleep([(0, True), (0, False), (1, True)]))
