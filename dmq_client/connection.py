@@ -55,9 +55,6 @@ class Connection:
         except OSError as exc:
             raise Unavailable(f"cannot connect to {address}: {exc}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if tls is not None:
-            sock = tls.wrap_socket(sock, server_hostname=host)
-        self._sock = sock
         self._decoder = protocol.FrameDecoder()
         self._send_lock = threading.Lock()
         self._lock = threading.Lock()
@@ -65,8 +62,14 @@ class Connection:
         self._waiting: dict[int, Future[Any]] = {}
         self._closed: DmqError | None = None
         try:
+            if tls is not None:
+                sock = tls.wrap_socket(sock, server_hostname=host)
+            self._sock = sock
             sock.sendall(protocol.encode(protocol.hello(token, client)))
             self.welcome = _check_welcome(self._read_one(), address)
+        except OSError as exc:  # reset or timed out mid-handshake (a node dying): retryable, like a refused connect
+            sock.close()
+            raise Unavailable(f"connection to {address} failed during the handshake: {exc}") from None
         except BaseException:
             sock.close()
             raise
@@ -191,10 +194,10 @@ class AsyncConnection:
                 connect_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             raise Unavailable(f"cannot connect to {address}: {exc or 'timed out'}") from None
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             writer.write(protocol.encode(protocol.hello(token, client)))
             decoder = protocol.FrameDecoder()
             welcome = None
@@ -209,6 +212,8 @@ class AsyncConnection:
             writer.close()
             if isinstance(exc, asyncio.TimeoutError):
                 raise Unavailable(f"{address} did not complete the handshake in time") from None
+            if isinstance(exc, OSError):  # reset mid-handshake (a node dying): retryable, like a refused connect
+                raise Unavailable(f"connection to {address} failed during the handshake: {exc}") from None
             raise
         return cls(address, reader, writer, welcome)
 
