@@ -32,6 +32,10 @@ SOURCE_QUEUE_ATTRIBUTE = "dmq-source-queue"  # set on messages moved to a dead-l
 METADATA_TIMEOUT = 10.0
 FORWARD_LEADER_CHECK_SECONDS = 0.1  # a forwarded request checks this often that its partition's leader is unchanged
 READ_INDEX_SECONDS = 1.0  # a follower's metadata read waits at most this long for the leader and for catching up
+# A receive without a partition tries the partitions led here first (no forwarding hop). Every this many passes
+# it starts at a rotating partition of them all instead, so that a partition whose leader no consumer calls is
+# still drained while the local ones stay full.
+RECEIVE_SPREAD_EVERY = 4
 
 
 # The request being handled: (queue, partition) -> the client address of the node its part was forwarded to (and
@@ -456,10 +460,8 @@ class Broker:
         it finds nothing, wait until any partition has a message (each leader wakes on its own sends)."""
         deadline = time.monotonic() + wait_ms / 1000
         while True:
-            start = next(self._round_robin)
             collected: list[Any] = []
-            for offset in range(count):
-                partition = (start + offset) % count
+            for partition in self._receive_order(record, count):
                 try:
                     collected += await self._receive_one(record, partition, request.max_messages - len(collected),
                                                          request.visibility_ms, 0, forwarded, principal,
@@ -482,6 +484,20 @@ class Broker:
                 for wait in waits:
                     wait.cancel()
                 await asyncio.gather(*waits, return_exceptions=True)
+
+    def _receive_order(self, record: dict[str, Any], count: int) -> list[int]:
+        """The partitions a receive without one visits: from a rotating start, those led here first (each
+        visited elsewhere costs a forwarding hop), except every RECEIVE_SPREAD_EVERY turns."""
+        turn = next(self._round_robin)
+        start = turn // RECEIVE_SPREAD_EVERY  # not turn: the spread turns would then always start alike
+        rotated = [(start + offset) % count for offset in range(count)]
+        if turn % RECEIVE_SPREAD_EVERY == 0:
+            return rotated
+        local: list[int] = []
+        remote: list[int] = []
+        for partition in rotated:
+            (remote if self.local_partition(record, partition) is None else local).append(partition)
+        return local + remote
 
     def _by_partition(self, record: dict[str, Any], receipts: list[rq.Receipt | None]) -> dict[int, list[int]]:
         groups: dict[int, list[int]] = {}

@@ -393,6 +393,34 @@ def test_partition_leaders_spread_over_all_nodes(cluster: Cluster, conns: list[C
     settled(conns[2], "spread")
 
 
+def test_receives_without_a_partition_are_mostly_served_where_they_arrive(cluster: Cluster,
+                                                                          conns: list[Connection]) -> None:
+    """A receive without a partition tries the partitions its node leads first: no forwarding hop for most of
+    them. The other partitions are still drained through that node."""
+    description = create(conns, "local-first", {"partitions": 3})
+    leaders = [p["leader"] for p in settled(conns[0], "local-first")["partitions"]]
+    here = 0
+    led_here = [p for p, leader in enumerate(leaders) if leader == conns[here].address]
+    assert len(description["partitions"]) == 3 and len(led_here) == 1, leaders
+    for partition in range(3):
+        conns[0].call("send", {"queue": "local-first", "partition": partition,
+                               "messages": [{"body": b"p%d-%d" % (partition, i)} for i in range(30)]})
+
+    def forwarded_receives() -> float:
+        return total([scrape(cluster.metrics_addresses[here])], "dmq_forwarded_requests_total", op="receive")
+
+    before = forwarded_receives()
+    bodies = [m["body"] for _ in range(20) for m in conns[here].call(
+        "receive", {"queue": "local-first", "max_messages": 1, "visibility_timeout_ms": 600_000})]
+    forwarded = forwarded_receives() - before
+    local = sum(1 for body in bodies if body.startswith(b"p%d-" % led_here[0]))
+    # Visiting the partitions from a rotating start forwarded 2 receives in 3 (about 13 of 20). Now only the
+    # one turn in RECEIVE_SPREAD_EVERY (4) that visits them all that way may forward.
+    assert len(bodies) == 20 and forwarded <= 8 and local >= 12, (forwarded, bodies)
+    rest = receive_all([conns[here]], "local-first", 70, visibility_timeout_ms=600_000)
+    assert sorted([m["body"] for m in rest] + bodies) == sorted(b"p%d-%d" % (p, i) for p in range(3) for i in range(30))
+
+
 # ---------------------------------------------------------------------------------------------- metrics
 
 def test_metrics_after_known_workload(cluster: Cluster, conns: list[Connection]) -> None:
