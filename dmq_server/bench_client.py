@@ -25,6 +25,10 @@ from dmq_client import AsyncClient, BatchError, DmqError
 _SEQ = struct.Struct(">Q")
 HISTOGRAM_EDGES_MS = (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 IDLE_SECONDS = 10.0  # the receive phase ends when this long passes without a message (all lost then)
+# A receive whose answer is lost (its partition's leader changed while it ran: outcome unknown to the consumer)
+# leaves its messages invisible for their visibility timeout. Well below IDLE_SECONDS, they come back within the
+# phase, so `lost` counts only messages that never come back.
+RECEIVE_VISIBILITY_SECONDS = 5.0
 
 
 @dataclass
@@ -175,7 +179,8 @@ async def _receive_phase(client: AsyncClient, queue: str, expected: int, consume
         nonlocal duplicates, last_message
         deleting: asyncio.Future[None] | None = None  # the previous batch's delete, overlapping this receive
         while len(received) < expected and time.monotonic() - last_message < IDLE_SECONDS:
-            batch = await client.receive(queue, max_messages=receive_batch, wait_seconds=1)
+            batch = await client.receive(queue, max_messages=receive_batch, wait_seconds=1,
+                                         visibility_timeout=RECEIVE_VISIBILITY_SECONDS)
             if not batch:
                 continue
             last_message = time.monotonic()
