@@ -42,6 +42,14 @@ def _frames(cl):
     return sum(h.stats()["frames_in"] for h in cl.hosts if h._running)
 
 
+def _busiest_leader(cl):
+    """The index of the host that leads the most groups, and those groups (elections place leaders at random:
+    with 10 groups a given host leads none in about 1 run in 60; the busiest leads at least 4)."""
+    led = [[gid for gid, gs in cl.groups.items() if h.call(gs[i]._isLeader)] for i, h in enumerate(cl.hosts)]
+    index = max(range(len(cl.hosts)), key=lambda i: len(led[i]))
+    return index, led[index]
+
+
 def _terms(cl):
     return {gid: max(term for *_, term in _state(cl, gid)) for gid in cl.groups}
 
@@ -79,15 +87,14 @@ def test_quiet_followers_elect_a_new_leader_when_the_leaders_node_goes_silent():
         for gid in cl.groups:
             cl.leader(gid).apply((gid, 0), sync=True, timeout=10)
         assert _wait(lambda: _all_quiet(cl), 15)
-        stalled = cl.hosts[0]
-        led = [gid for gid, gs in cl.groups.items() if stalled.call(gs[0]._isLeader)]
-        assert led, "host 0 leads no group"
+        index, led = _busiest_leader(cl)
+        assert led, "no host leads a group"
         terms = _terms(cl)
 
-        stalled.call(lambda: time.sleep(2.5), timeout=10)  # silent for 2.5 s; the connections stay open
+        cl.hosts[index].call(lambda: time.sleep(2.5), timeout=10)  # silent for 2.5 s; the connections stay open
 
         def moved():
-            return all(cl.leader(gid) is not None and cl.leader(gid) is not cl.groups[gid][0] for gid in led)
+            return all(cl.leader(gid) is not None and cl.leader(gid) is not cl.groups[gid][index] for gid in led)
         assert _wait(moved, 10), [_state(cl, gid) for gid in led]
         for gid in led:
             assert _terms(cl)[gid] > terms[gid]
@@ -101,9 +108,9 @@ def test_quiet_followers_elect_a_new_leader_when_the_leaders_node_stops():
         for gid in cl.groups:
             cl.leader(gid).apply((gid, 0), sync=True, timeout=10)
         assert _wait(lambda: _all_quiet(cl), 15)
-        led = [gid for gid, gs in cl.groups.items() if cl.hosts[0].call(gs[0]._isLeader)]
-        assert led, "host 0 leads no group"
-        cl.hosts[0].stop()
+        index, led = _busiest_leader(cl)
+        assert led, "no host leads a group"
+        cl.hosts[index].stop()
         start = time.monotonic()
         assert _wait(lambda: all(cl.leader(gid) is not None for gid in led), 10)
         elapsed = time.monotonic() - start
