@@ -42,6 +42,14 @@ def _frames(cl):
     return sum(h.stats()["frames_in"] for h in cl.hosts if h._running)
 
 
+def _go_quiet(cl):
+    """Elect the groups' leaders, commit one command in each, and wait until every group is quiet."""
+    cl.wait_leaders()
+    for gid in cl.groups:
+        cl.leader(gid).apply((gid, 0), sync=True, timeout=10)
+    assert _wait(lambda: _all_quiet(cl), 15), [_state(cl, gid) for gid in cl.groups]
+
+
 def _busiest_leader(cl):
     """The index of the host that leads the most groups, and those groups (elections place leaders at random:
     with 10 groups a given host leads none in about 1 run in 60; the busiest leads at least 4)."""
@@ -56,10 +64,7 @@ def _terms(cl):
 
 def test_idle_groups_go_quiet_then_wake_for_a_command():
     with InProcessCluster(3, groups=GROUPS) as cl:
-        cl.wait_leaders()
-        for gid in cl.groups:
-            cl.leader(gid).apply((gid, 0), sync=True, timeout=10)
-        assert _wait(lambda: _all_quiet(cl), 15), [_state(cl, gid) for gid in cl.groups]
+        _go_quiet(cl)
         terms = _terms(cl)
 
         before = _frames(cl)
@@ -83,10 +88,7 @@ def test_quiet_followers_elect_a_new_leader_when_the_leaders_node_goes_silent():
     """The leader's node stops answering without closing its connections (a stalled process, a cable pulled):
     its quiet followers notice through the host's keep-alives and elect a leader among themselves."""
     with InProcessCluster(3, groups=GROUPS) as cl:
-        cl.wait_leaders()
-        for gid in cl.groups:
-            cl.leader(gid).apply((gid, 0), sync=True, timeout=10)
-        assert _wait(lambda: _all_quiet(cl), 15)
+        _go_quiet(cl)
         index, led = _busiest_leader(cl)
         assert led, "no host leads a group"
         terms = _terms(cl)
@@ -104,10 +106,7 @@ def test_quiet_followers_elect_a_new_leader_when_the_leaders_node_goes_silent():
 
 def test_quiet_followers_elect_a_new_leader_when_the_leaders_node_stops():
     with InProcessCluster(3, groups=GROUPS) as cl:
-        cl.wait_leaders()
-        for gid in cl.groups:
-            cl.leader(gid).apply((gid, 0), sync=True, timeout=10)
-        assert _wait(lambda: _all_quiet(cl), 15)
+        _go_quiet(cl)
         index, led = _busiest_leader(cl)
         assert led, "no host leads a group"
         cl.hosts[index].stop()
@@ -145,9 +144,7 @@ def test_a_follower_woken_since_its_quiet_acknowledgement_keeps_its_leader_awake
     acknowledges, or the leader sleeps while that follower waits for heartbeats and then holds an election (seen
     after a follower's node stalled for a second)."""
     with InProcessCluster(3, groups=1) as cl:
-        cl.wait_leaders()
-        cl.leader("g0").apply(("g0", 0), sync=True, timeout=10)
-        assert _wait(lambda: _all_quiet(cl), 15), _state(cl, "g0")
+        _go_quiet(cl)
         leader = cl.leader("g0")
         host = cl.hosts[cl.groups["g0"].index(leader)]
 
