@@ -36,6 +36,11 @@ def _check_welcome(welcome: dict[str, Any], address: str) -> dict[str, Any]:
     return welcome
 
 
+def _handshake_failed(address: str, exc: OSError) -> Unavailable:
+    """A connection reset or timed out mid-handshake (a node dying) is retryable, like a refused connect."""
+    return Unavailable(f"connection to {address} failed during the handshake: {exc}")
+
+
 def _checked(answer: dict[str, Any]) -> dict[str, Any]:
     """The answer to a request, its error raised."""
     if "error" in answer:
@@ -67,9 +72,9 @@ class Connection:
             self._sock = sock
             sock.sendall(protocol.encode(protocol.hello(token, client)))
             self.welcome = _check_welcome(self._read_one(), address)
-        except OSError as exc:  # reset or timed out mid-handshake (a node dying): retryable, like a refused connect
+        except OSError as exc:
             sock.close()
-            raise Unavailable(f"connection to {address} failed during the handshake: {exc}") from None
+            raise _handshake_failed(address, exc) from None
         except BaseException:
             sock.close()
             raise
@@ -212,8 +217,8 @@ class AsyncConnection:
             writer.close()
             if isinstance(exc, asyncio.TimeoutError):
                 raise Unavailable(f"{address} did not complete the handshake in time") from None
-            if isinstance(exc, OSError):  # reset mid-handshake (a node dying): retryable, like a refused connect
-                raise Unavailable(f"connection to {address} failed during the handshake: {exc}") from None
+            if isinstance(exc, OSError):
+                raise _handshake_failed(address, exc) from None
             raise
         return cls(address, reader, writer, welcome)
 

@@ -409,6 +409,7 @@ def test_a_forwarded_write_whose_answer_is_lost_fails_within_seconds(replicas: R
     # Nothing forwarded was applied (the messages were dropped): the next id follows the writes that were.
     assert replicas.submit("enqueue", messages=[[b"after", None, None, None, None]])[0]["id"] == applied + 1
 
+
 def _log_keys(space: LogSpace, group_id: str) -> int:
     low, high = group_keys(group_id)
     bounded = ReadOptions()
