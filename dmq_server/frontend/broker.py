@@ -32,6 +32,8 @@ SOURCE_QUEUE_ATTRIBUTE = "dmq-source-queue"  # set on messages moved to a dead-l
 METADATA_TIMEOUT = 10.0
 FORWARD_LEADER_CHECK_SECONDS = 0.1  # a forwarded request checks this often that its partition's leader is unchanged
 READ_INDEX_SECONDS = 1.0  # a follower's metadata read waits at most this long for the leader and for catching up
+STATS_LEADER_WAIT_SECONDS = 2.0  # get_queue waits this long for a partition's leader before counting it unavailable
+STATS_RETRY_SECONDS = 0.02
 # A receive without a partition tries the partitions led here first (no forwarding hop). Every this many passes
 # it starts at a rotating partition of them all instead, so that a partition whose leader no consumer calls is
 # still drained while the local ones stay full.
@@ -226,11 +228,17 @@ class Broker:
         unavailable = 0
 
         async def stats_of(partition: int) -> dict[str, int] | None:
-            try:
-                return await self._on_partition(record, partition, forwarded, principal, "partition_stats",
-                                                lambda: {"queue": record["name"]}, lambda local: local.stats())
-            except RequestError:
-                return None
+            # Through a handover or an election the partition has no reachable leader for a moment: wait it out,
+            # bounded, before leaving the partition out of the totals.
+            deadline = time.monotonic() + STATS_LEADER_WAIT_SECONDS
+            while True:
+                try:
+                    return await self._on_partition(record, partition, forwarded, principal, "partition_stats",
+                                                    lambda: {"queue": record["name"]}, lambda local: local.stats())
+                except RequestError as exc:
+                    if exc.code not in _LEADERLESS or time.monotonic() >= deadline:
+                        return None
+                await asyncio.sleep(STATS_RETRY_SECONDS)
 
         for stats in await asyncio.gather(*(stats_of(p) for p in range(len(record["partitions"])))):
             if stats is None:
@@ -656,6 +664,7 @@ class Broker:
         rq.ClusterStatus: _cluster_status,
     }
 
+_LEADERLESS = (ErrorCode.NOT_LEADER, ErrorCode.UNAVAILABLE)  # answers that a later leader may not give
 _QUEUE_OPS = {"delete_queue": Broker._delete_queue, "get_queue": Broker._get_queue, "lookup": Broker._lookup}
 
 

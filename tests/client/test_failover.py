@@ -68,6 +68,26 @@ def test_sends_across_a_leader_kill_enqueue_exactly_once() -> None:
             f"{len(received) - len(set(received))} enqueued twice")
 
 
+def test_queue_stats_wait_for_a_new_leader_and_leave_out_a_partition_without_one() -> None:
+    with cluster(3) as dmq, Client(dmq.addresses) as client:
+        client.create_queue("stats", partitions=1)
+        first = _led_by(client, "stats", lambda p: p.leader == p.replicas[0], timeout=15)
+        client.send_batch("stats", [b"a", b"b", b"c"])
+        dmq.kill(dmq.addresses.index(first))
+        # Asked at once, the survivors still know the dead leader: the answer waits for the election.
+        survivors = [address for address in dmq.addresses if address != first]
+        with Client(survivors) as direct:
+            described = direct.get_queue("stats")
+            assert (described.unavailable_partitions, described.stats.get("count")) == (0, 3)
+            second = _led_by(direct, "stats", lambda p: p.leader in survivors, timeout=15)
+        dmq.kill(dmq.addresses.index(second))
+        # Without a majority the partition has no leader to come: it is left out, and said to be.
+        last = next(address for address in survivors if address != second)
+        with Client([last]) as alone:
+            described = alone.get_queue("stats")
+            assert (described.unavailable_partitions, described.stats) == (1, {})
+
+
 def _led_by(client: Client, queue: str, wanted: Callable[[PartitionInfo], bool], timeout: float) -> str:
     """The leader of the queue's partition 0 once `wanted` holds for it (bounded)."""
     deadline = time.monotonic() + timeout
