@@ -730,9 +730,15 @@ class RaftHost:
 
     def peer_alive(self, address: str) -> bool:
         """Something arrived from the node at `address` within ``liveness_timeout``, on an open connection."""
+        heard = self.peer_last_heard(address)
+        return heard is not None and _now() - heard <= self.liveness_timeout
+
+    def peer_last_heard(self, address: str) -> float | None:
+        """When something last arrived from the node at `address` (pysyncobj's clock), or None without an open
+        connection to it."""
         peer = self._peers.get(address)
         conn = None if peer is None else peer.conn
-        return conn is not None and conn.is_open and _now() - conn.last_recv <= self.liveness_timeout
+        return conn.last_recv if conn is not None and conn.is_open else None
 
     def _touch_groups_of(self, address):
         peer = self._peers.get(address)

@@ -496,6 +496,11 @@ class SyncObj(_StockSyncObj):
         alive = getattr(self.__transport, 'peer_alive', None)
         return None if alive is None else alive(node)
 
+    def _dmq_peerLastHeard(self, node):
+        """The transport's time of the last message from `node`'s process, None if unknown or not connected."""
+        heard = getattr(self.__transport, 'peer_last_heard', None)
+        return None if heard is None else heard(node)
+
     def _dmq_quiet(self):
         """True while this replica is a sleeping leader or a quiet follower (its host ticks it rarely)."""
         return self._dmq_asleep or self._dmq_quietLeader is not None
@@ -531,9 +536,14 @@ class SyncObj(_StockSyncObj):
                 self.__raftElectionDeadline = now + self.__generateRaftTimeout()
                 self._dmq_skipOneSecondTimers(now)
                 return
-            if self.__raftState == _RAFT_STATE.FOLLOWER and self.__raftLeader == self._dmq_quietLeader[0]:
-                # its node went silent: presumed gone from now on, after an election timeout as usual
-                self.__raftElectionDeadline = now + self.__generateRaftTimeout()
+            leader_node = self._dmq_quietLeader[0]
+            if self.__raftState == _RAFT_STATE.FOLLOWER and self.__raftLeader == leader_node:
+                # Its node went silent. The election timeout runs from the node's last word, as a busy group's
+                # runs from the last heartbeat: counted from now, quiet groups failed over a whole silence
+                # (liveness timeout) later than busy ones. A closed connection is noticed at once: from now.
+                heard = self._dmq_peerLastHeard(leader_node)
+                start = now if heard is None else min(heard, now)
+                self.__raftElectionDeadline = start + self.__generateRaftTimeout()
             self._dmq_quietLeader = None
         if self.__raftState != _RAFT_STATE.LEADER:
             if self._dmq_asleep or self._dmq_quietAcks:

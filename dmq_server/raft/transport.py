@@ -514,6 +514,10 @@ class GroupTransport(Transport):
         """pysyncobj_fixes quiescence: is the node of this group's peer `node` alive (see RaftHost.peer_alive)?"""
         return node.id in self._nodes and self._host.peer_alive(node.id)
 
+    def peer_last_heard(self, node) -> float | None:
+        """pysyncobj_fixes quiescence: when the node of this group's peer `node` was last heard from, if connected."""
+        return self._host.peer_last_heard(node.id) if node.id in self._nodes else None
+
     def _deliver(self, address: str, message) -> bool:
         node = self._nodes.get(address)
         if node is None:

@@ -6,6 +6,8 @@ quiet follower holds no election while the leader's node is alive (RaftHost.peer
 
 import time
 
+from pysyncobj.monotonic import monotonic as raft_clock  # not time.monotonic: CLOCK_MONOTONIC_RAW
+
 from .hostutil import InProcessCluster
 
 GROUPS = 10
@@ -119,6 +121,47 @@ def test_quiet_followers_elect_a_new_leader_when_the_leaders_node_stops():
             cl.leader(gid).apply((gid, 1), sync=True, timeout=5)
 
 
+def test_a_quiet_followers_election_timeout_runs_from_the_leaders_last_word():
+    """A busy group's followers count the election timeout from the last heartbeat. A quiet follower learns that
+    the leader's node went silent only a liveness timeout (the minimum election timeout) after its last word:
+    counting from then made quiet groups fail over in 0.7-0.85 s instead of 0.3-0.45 s."""
+    with InProcessCluster(3, groups=1) as cl:
+        _go_quiet(cl)
+        index = next(i for i, g in enumerate(cl.groups["g0"]) if not cl.hosts[i].call(g._isLeader))
+        follower, host = cl.groups["g0"][index], cl.hosts[index]
+        low, high = follower._SyncObj__conf.raftMinTimeout, follower._SyncObj__conf.raftMaxTimeout
+
+        def deadline_after_silence(heard):
+            """The follower's election deadline once the leader's node is silent since `heard` (None: its
+            connection closed), as its quiet tick sets it."""
+            transport = follower._SyncObj__transport
+            transport.peer_alive = lambda node: False
+            transport.peer_last_heard = lambda node: heard
+            try:
+                follower._dmq_quietTick()
+                return follower._SyncObj__raftElectionDeadline
+            finally:
+                del transport.peer_alive, transport.peer_last_heard
+
+        def check():
+            assert follower._dmq_quietLeader is not None, "the follower is not quiet"
+            heard = raft_clock() - low - 0.01
+            deadline = deadline_after_silence(heard)
+            assert heard + low <= deadline <= heard + high, (deadline - heard, low, high)
+
+        host.call(check)
+        cl.leader("g0").apply(("g0", 1), sync=True, timeout=10)  # the group is awake and serving afterwards
+        assert _wait(lambda: _all_quiet(cl), 15)
+
+        def closed():
+            assert follower._dmq_quietLeader is not None, "the follower is not quiet"
+            now = raft_clock()
+            deadline = deadline_after_silence(None)
+            assert now + low <= deadline <= raft_clock() + high, (deadline - now, low, high)
+
+        host.call(closed)
+
+
 def test_a_follower_without_quiescence_keeps_its_leader_heartbeating():
     """A replica on code that ignores 'quiesce' (an older version) never acknowledges it: its leader must not
     sleep, or that replica would start elections against a healthy leader."""
@@ -150,7 +193,7 @@ def test_a_follower_woken_since_its_quiet_acknowledgement_keeps_its_leader_awake
 
         def replies_then_asleep(replies):
             """Wake the leader, hand it these (follower index, quiet?) replies, then run its quiescence check."""
-            leader._dmq_wake(time.monotonic())
+            leader._dmq_wake(raft_clock())
             followers = sorted(leader._SyncObj__otherNodes, key=str)
             last = leader._SyncObj__getCurrentLogIndex()
             for index, quiet in replies:
