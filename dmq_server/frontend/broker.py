@@ -664,7 +664,7 @@ class Broker:
         rq.ClusterStatus: _cluster_status,
     }
 
-_LEADERLESS = (ErrorCode.NOT_LEADER, ErrorCode.UNAVAILABLE)  # answers that a later leader may not give
+_LEADERLESS = (ErrorCode.NOT_LEADER, ErrorCode.UNAVAILABLE)  # errors that end once the partition has a leader
 _QUEUE_OPS = {"delete_queue": Broker._delete_queue, "get_queue": Broker._get_queue, "lookup": Broker._lookup}
 
 
