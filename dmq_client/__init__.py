@@ -8,12 +8,12 @@ from .errors import (BatchError, DmqError, Forbidden, FrameTooLarge, InternalErr
                      ReceiptExpired, Timeout, TooManyQueues, TooManyRequests, Unauthorized, Unavailable,
                      UnknownOperation, UnsupportedVersion)
 from .message import AsyncMessage, Message
-from .model import PartitionInfo, QueueInfo, SendEntry
+from .model import PartitionInfo, PeekedMessage, QueueInfo, SendEntry
 
 __all__ = [
     "AsyncClient", "AsyncMessage", "BatchError", "Client", "DmqError", "Forbidden", "FrameTooLarge",
     "InternalError", "InvalidReceipt", "InvalidRequest", "Message", "MessageTooLarge", "NotLeader",
-    "PartitionInfo", "ProtocolViolation", "QueueAlreadyExists", "QueueFull", "QueueInfo", "QueueNotFound",
-    "ReceiptExpired", "SendEntry", "Timeout", "TooManyQueues", "TooManyRequests", "Unauthorized", "Unavailable",
-    "UnknownOperation", "UnsupportedVersion",
+    "PartitionInfo", "PeekedMessage", "ProtocolViolation", "QueueAlreadyExists", "QueueFull", "QueueInfo",
+    "QueueNotFound", "ReceiptExpired", "SendEntry", "Timeout", "TooManyQueues", "TooManyRequests", "Unauthorized",
+    "Unavailable", "UnknownOperation", "UnsupportedVersion",
 ]

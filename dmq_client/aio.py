@@ -33,7 +33,7 @@ from .errors import (DmqError, InvalidReceipt, NotLeader, QueueNotFound, TooMany
                      raise_for_batch)
 from .leases import LeaseKeeper
 from .message import AsyncMessage
-from .model import Body, QueueInfo, SendEntry, as_entry, wire_message
+from .model import Body, PeekedMessage, QueueInfo, SendEntry, as_entry, wire_message
 from .routing import QueueRoute, Router
 
 log = logging.getLogger("dmq_client")
@@ -251,6 +251,18 @@ class AsyncClient:
         deadline = time.monotonic() + self._router.retry_seconds + wait_seconds
         raw = await self._router.on_partition(queue, None, "receive", args, timeout=timeout, deadline=deadline)
         return [AsyncMessage(self, queue, item, visibility) for item in raw]
+
+    async def peek(self, queue: str, max_messages: int = 10, *, partition: int | None = None) -> list[PeekedMessage]:
+        """The queue's oldest messages in any state (ready, in flight, delayed), without receiving them: no lease
+        and no receive count, so a peek never delays or dead-letters a message. Up to `max_messages` of one
+        `partition`, or of every partition merged by enqueue time; an answer holds at most about 3 MiB of them."""
+        if not 1 <= max_messages <= MAX_BATCH:
+            raise ValueError(f"max_messages must be from 1 to {MAX_BATCH}")
+        args: dict[str, Any] = {"queue": queue, "max_messages": max_messages}
+        if partition is not None:
+            args["partition"] = partition
+        raw = await self._router.on_partition(queue, partition, "peek", args)
+        return [PeekedMessage.from_wire(item) for item in raw]
 
     # ------------------------------------------------------------------ delete and visibility
 

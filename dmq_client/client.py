@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from .aio import CONSUME_WAIT, AsyncClient
 from .connection import CLIENT_NAME
 from .message import AsyncMessage, Message
-from .model import Body, QueueInfo, SendEntry
+from .model import Body, PeekedMessage, QueueInfo, SendEntry
 
 T = TypeVar("T")
 
@@ -137,6 +137,9 @@ class Client:
                 visibility_timeout: float | None = None) -> list[Message]:
         received = self._run(self._async.receive(queue, max_messages, wait_seconds, visibility_timeout))
         return [Message(inner, self._run) for inner in received]
+
+    def peek(self, queue: str, max_messages: int = 10, *, partition: int | None = None) -> list[PeekedMessage]:
+        return self._run(self._async.peek(queue, max_messages, partition=partition))
 
     def delete_batch(self, queue: str, receipts: Iterable[str]) -> None:
         self._run(self._async.delete_batch(queue, list(receipts)))

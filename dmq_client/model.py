@@ -1,4 +1,4 @@
-"""The SDK's value types: what a send carries, and a queue's description."""
+"""The SDK's value types: what a send carries, a peeked message, and a queue's description."""
 
 from __future__ import annotations
 
@@ -87,3 +87,23 @@ class QueueInfo:
                     for p in description["partitions"]],
                    description.get("created_at", 0), dict(description.get("stats", {})),
                    description.get("unavailable_partitions", 0))
+
+
+@dataclass(frozen=True)
+class PeekedMessage:
+    """A message as `peek` shows it: read, not received. It has no receipt, and peeking changed nothing (no
+    lease, no receive count)."""
+
+    id: str
+    body: bytes
+    attributes: dict[str, Any]
+    group: str | None
+    receive_count: int
+    enqueued_at: int  # ms since the epoch
+    state: str  # "ready", "in_flight" (received, its lease running) or "delayed"
+    visible_at: int | None  # ms since the epoch: when an in-flight or delayed message becomes receivable again
+
+    @classmethod
+    def from_wire(cls, raw: dict[str, Any]) -> "PeekedMessage":
+        return cls(raw["id"], raw["body"], dict(raw.get("attributes") or {}), raw.get("group"),
+                   raw["receive_count"], raw["enqueued_at"], raw["state"], raw.get("visible_at"))

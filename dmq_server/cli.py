@@ -110,7 +110,7 @@ def bench(nodes: str, token: str | None, messages: int, body_bytes: int, batch: 
         raise SystemExit(1)
 
 
-from dmq_server.cli_client import register  # noqa: E402  queue, send, receive, tail, redrive, cluster
+from dmq_server.cli_client import register  # noqa: E402  queue, send, receive, peek, tail, redrive, cluster
 
 register(main)
 

@@ -1,5 +1,5 @@
-"""The `dmq` commands that talk to a running cluster through dmq_client: queue, send, receive, tail, redrive,
-cluster. dmq_server.cli registers them on its `main` group with `register(main)`.
+"""The `dmq` commands that talk to a running cluster through dmq_client: queue, send, receive, peek, tail,
+redrive, cluster. dmq_server.cli registers them on its `main` group with `register(main)`.
 
 Every command takes the connection options (--nodes, --token, --tls-ca, --timeout). Errors of the cluster
 become one line on stderr, `error: <code>: <message>`, and an exit code per kind (EXIT_CODES_HELP).
@@ -16,15 +16,14 @@ import os
 import socket
 import ssl
 import sys
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import IO, Any, TypeVar
 
 import click
 
-from dmq_client import (BatchError, Client, DmqError, Forbidden, Message, NotLeader, QueueInfo, QueueNotFound,
-                        SendEntry, Timeout, TooManyRequests, Unauthorized, Unavailable)
+from dmq_client import (BatchError, Client, DmqError, Forbidden, Message, NotLeader, PeekedMessage, QueueInfo,
+                        QueueNotFound, SendEntry, Timeout, TooManyRequests, Unauthorized, Unavailable)
 from dmq_client.connection import split_address
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -248,12 +247,16 @@ def _dumps(value: Any, indent: int | None = None) -> str:
     return json.dumps(_jsonable(value), indent=indent, ensure_ascii=False)
 
 
-def message_json(message: Message) -> str:
-    """One line: id, receive_count, enqueued_at, group, attributes, receipt, and `body` (UTF-8 text) or
-    `body_base64` (anything else)."""
+def message_json(message: Message | PeekedMessage) -> str:
+    """One line: id, receive_count, enqueued_at, group, attributes, then the receipt of a received message or the
+    state and visible_at of a peeked one, and `body` (UTF-8 text) or `body_base64` (anything else)."""
     record: dict[str, Any] = {"id": message.id, "receive_count": message.receive_count,
                               "enqueued_at": message.enqueued_at, "group": message.group,
-                              "attributes": message.attributes, "receipt": message.receipt}
+                              "attributes": message.attributes}
+    if isinstance(message, PeekedMessage):
+        record.update(state=message.state, visible_at=message.visible_at)
+    else:
+        record["receipt"] = message.receipt
     try:
         record["body"] = message.body.decode("utf-8")
     except UnicodeDecodeError:
@@ -265,11 +268,15 @@ def _attribute_text(value: Any) -> str:
     return repr(value) if isinstance(value, (bytes, bytearray)) else str(value)
 
 
-def message_text(message: Message) -> str:
-    """A header line (id, receive count, enqueue time, group, attributes), then the body: text when it is
-    UTF-8, else its Python bytes repr."""
+def message_text(message: Message | PeekedMessage) -> str:
+    """A header line (id, receive count, enqueue time, a peeked message's state, group, attributes), then the
+    body: text when it is UTF-8, else its Python bytes repr."""
     header = [message.id, f"receive_count={message.receive_count}",
               f"enqueued={_timestamp(message.enqueued_at)}"]
+    if isinstance(message, PeekedMessage):
+        header.append(f"state={message.state}")
+        if message.visible_at is not None:
+            header.append(f"visible={_timestamp(message.visible_at)}")
     if message.group is not None:
         header.append(f"group={message.group!r}")
     header += [f"{key}={_attribute_text(value)}" for key, value in message.attributes.items()]
@@ -280,7 +287,7 @@ def message_text(message: Message) -> str:
     return "  ".join(header) + "\n" + body + "\n"
 
 
-def print_messages(messages: Sequence[Message], as_json: bool) -> None:
+def print_messages(messages: Sequence[Message | PeekedMessage], as_json: bool) -> None:
     for message in messages:
         click.echo(message_json(message) if as_json else message_text(message))
 
@@ -599,12 +606,30 @@ def receive(client: Client, queue: str, max_messages: int, wait: float, visibili
         client.delete_batch(queue, [m.receipt for m in messages])
 
 
+@click.command("peek")
+@click.argument("queue")
+@click.option("--max", "max_messages", default=10, show_default=True, type=click.IntRange(1, MAX_BATCH),
+              help="At most this many messages.")
+@click.option("--partition", type=click.IntRange(min=0), help="Only this partition (default: every partition).")
+@_JSON_OPTION
+@with_client
+def peek(client: Client, queue: str, max_messages: int, partition: int | None, as_json: bool) -> None:
+    """Show the oldest messages of QUEUE in any state without receiving them: nothing changes (no lease, no
+    receive count), so a peek never delays, redelivers or dead-letters a message. With several partitions, the
+    oldest of them all by enqueue time.
+
+    Output as for `dmq receive`, with each message's state (ready, in_flight or delayed) and, for in-flight
+    and delayed ones, when it becomes receivable (`visible_at` in ms with --json) instead of a receipt."""
+    messages = client.peek(queue, max_messages, partition=partition)
+    print_messages(messages, as_json)
+    if not messages and not as_json:
+        click.echo("no messages", err=True)
+
+
 @click.command("tail")
 @click.argument("queue")
 @click.option("--follow", "-f", is_flag=True, help="Keep waiting for new messages until Ctrl-C (or --count).")
 @click.option("--count", "-n", type=click.IntRange(min=1), help="Stop after printing this many messages.")
-@click.option("--peek", is_flag=True,
-              help="Do not delete: release each message right after printing it (see below).")
 @click.option("--wait", type=click.FloatRange(0.1, 20), metavar="SECONDS",
               help="Long poll of each receive (default 10 with --follow, else 1: the tail ends after a "
                    "receive that waited this long for nothing).")
@@ -614,45 +639,24 @@ def receive(client: Client, queue: str, max_messages: int, wait: float, visibili
               help="Visibility timeout of each receive (default: the queue's).")
 @_JSON_OPTION
 @with_client
-def tail(client: Client, queue: str, follow: bool, count: int | None, peek: bool, wait: float | None,
+def tail(client: Client, queue: str, follow: bool, count: int | None, wait: float | None,
          batch: int, visibility_timeout: float | None, as_json: bool) -> None:
     """Print the messages of QUEUE as they are received, deleting each batch once printed. Without --follow it
     stops when the queue has nothing to receive; with --follow it long-polls until Ctrl-C (exit 0) or --count
-    messages. Output as for `dmq receive`.
-
-    --peek does not delete: each message is released (made receivable again at once) right after it is
-    printed. A peeked message has still been received: its receive count went up (a queue with --max-receives
-    may dead-letter it), and other consumers could not receive it meanwhile. A queue delivers its oldest
-    messages first, so a peek keeps seeing the same first --batch messages: each is printed once, the tail
-    stops (without --follow) when a receive brings nothing new, and with --follow it polls again only every
-    --wait seconds."""
+    messages. Output as for `dmq receive`. To look without taking anything, use `dmq peek`."""
     wait = wait if wait is not None else (10.0 if follow else 1.0)
     printed = 0
-    seen: set[str] = set()
     try:
         while count is None or printed < count:
-            want = batch if count is None or peek else min(batch, count - printed)
+            want = batch if count is None else min(batch, count - printed)
             messages = client.receive(queue, max_messages=want, wait_seconds=wait,
                                       visibility_timeout=visibility_timeout)
-            fresh = [m for m in messages if m.id not in seen] if peek else messages
-            if count is not None:
-                fresh = fresh[:count - printed]
-            print_messages(fresh, as_json)
-            printed += len(fresh)
-            if peek:
-                seen.update(m.id for m in fresh)
-                for message in messages:
-                    message.release()
-            elif messages:
-                leftover = messages[len(fresh):]
-                client.delete_batch(queue, [m.receipt for m in fresh])
-                for message in leftover:  # not printed (over --count): give back
-                    message.release()
-            if not fresh:
-                if not follow:
-                    break
-                if messages:  # peek: only messages already printed are ready
-                    time.sleep(wait)
+            print_messages(messages, as_json)
+            printed += len(messages)
+            if messages:
+                client.delete_batch(queue, [m.receipt for m in messages])
+            elif not follow:
+                break
     except KeyboardInterrupt:
         click.echo(f"stopped after {printed} message{'s' * (printed != 1)}", err=True)
 
@@ -728,7 +732,7 @@ def cluster_status(client: Client, as_json: bool) -> None:
 # ---------------------------------------------------------------------------------------------- registration
 
 
-COMMANDS: list[click.Command] = [queue_group, send, receive, tail, redrive, cluster_group]
+COMMANDS: list[click.Command] = [queue_group, send, receive, peek, tail, redrive, cluster_group]
 
 
 def register(group: click.Group) -> None:

@@ -507,6 +507,35 @@ class Broker:
             (remote if self.local_partition(record, partition) is None else local).append(partition)
         return local + remote
 
+    async def _peek(self, request: rq.Peek, identity: Identity, principal: str, forwarded: bool) -> Any:
+        """The oldest messages of one partition, or of every partition merged by enqueue time, read at each
+        partition's leader (a follower may lag). A partition without a leader fails the peek, after the SDK's
+        retries: a peek that silently left one out would show a queue that is not there."""
+        record = await self._data_queue(request.queue)
+        count = self._partition_count(record, request.partition)
+        partitions = [request.partition] if request.partition is not None else list(range(count))
+        share = max(1, request.max_bytes // len(partitions))
+        found: list[list[dict[str, Any]]] = [[] for _ in partitions]
+
+        async def peek_in(slot: int, partition: int) -> None:
+            found[slot] = await self._on_partition(
+                record, partition, forwarded, principal, "peek",
+                lambda: {"queue": record["name"], "max_messages": request.max_messages, "max_bytes": share},
+                lambda local: local.peek(request.max_messages, share))
+
+        await await_all([peek_in(slot, partition) for slot, partition in enumerate(partitions)])
+        if len(found) == 1:
+            return found[0]
+        merged = sorted((m for messages in found for m in messages), key=lambda m: (m["enqueued_at"], m["id"]))
+        # Each partition may exceed its share by one large first message: the answer keeps to the budget.
+        shown, size = [], 0
+        for message in merged[:request.max_messages]:
+            size += len(message["body"])
+            if shown and size > request.max_bytes:
+                break
+            shown.append(message)
+        return shown
+
     def _by_partition(self, record: dict[str, Any], receipts: list[rq.Receipt | None]) -> dict[int, list[int]]:
         groups: dict[int, list[int]] = {}
         count = len(record["partitions"])
@@ -656,6 +685,7 @@ class Broker:
         rq.CreateQueue: _create_queue,
         rq.Send: _send,
         rq.Receive: _receive,
+        rq.Peek: _peek,
         rq.Delete: _delete,
         rq.ChangeVisibility: _change_visibility,
         rq.ListQueues: _list_queues,

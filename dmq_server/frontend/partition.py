@@ -128,15 +128,19 @@ class LocalPartition:
             await self.wait(remaining if due is None else min(remaining, (due - now) / 1000))
 
     def _message(self, message: dict[str, Any]) -> dict[str, Any]:
-        sequence, count = message["id"], message["receive_count"]
+        """A received message as the protocol answers it: with the receipt that deletes it."""
+        answer = self._shown(message)
+        answer["receipt"] = protocol.receipt(self.queue_id, self.partition, message["id"], message["receive_count"])
+        return answer
+
+    def _shown(self, message: dict[str, Any]) -> dict[str, Any]:
         return {
-            "id": protocol.message_id(self.partition, sequence),
+            "id": protocol.message_id(self.partition, message["id"]),
             "body": message["body"],
             "attributes": message["attrs"],
             "group": message["group"],
-            "receive_count": count,
+            "receive_count": message["receive_count"],
             "enqueued_at": message["enqueued_at"],
-            "receipt": protocol.receipt(self.queue_id, self.partition, sequence, count),
         }
 
     async def _per_receipt(self, receipts: list[Receipt], submit: Any, answer: Any) -> list[dict[str, Any]]:
@@ -185,14 +189,25 @@ class LocalPartition:
         return outcome["result"]
 
     async def stats(self) -> dict[str, Any]:
-        """The partition's counts, once this leader's state holds everything committed (a leader new in its term
-        may not yet: the counts would miss messages whose sends were acknowledged)."""
+        await self._caught_up()
+        return self.group.query(lambda store: store.stats(_now_ms()))
+
+    async def peek(self, count: int, max_bytes: int) -> list[dict[str, Any]]:
+        """The partition's first `count` messages in any state (at most `max_bytes` of them, the first always),
+        as a receive returns them but without a receipt, plus `state` and `visible_at`. Nothing changes."""
+        await self._caught_up()
+        peeked = self.group.query(lambda store: store.peek(count, max_bytes))
+        return [{**self._shown(message), "state": message["state"], "visible_at": message["visible_at"]}
+                for message in peeked]
+
+    async def _caught_up(self) -> None:
+        """Wait until this leader's state holds everything committed: a leader new in its term may not yet, and
+        a read would miss messages whose sends were acknowledged."""
         deadline = time.monotonic() + READ_WAIT_SECONDS
         while not self.group.leader_state_complete():
             if time.monotonic() >= deadline:
                 raise RequestError(ErrorCode.UNAVAILABLE, "the partition's new leader is still catching up; retry")
             await asyncio.sleep(0.005)
-        return self.group.query(lambda store: store.stats(_now_ms()))
 
 
 def _now_ms() -> int:

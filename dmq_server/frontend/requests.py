@@ -126,6 +126,16 @@ class Receive:
     max_bytes: int = RECEIVE_BYTES_BUDGET  # of message records in the answer (it must fit a frame)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Peek:
+    """Messages read without receiving them: no lease, no receive count, nothing replicated."""
+
+    queue: str
+    max_messages: int
+    partition: int | None  # None: every partition, oldest first
+    max_bytes: int = RECEIVE_BYTES_BUDGET
+
+
 class Receipt(NamedTuple):
     queue_id: int
     partition: int
@@ -322,6 +332,14 @@ def parse(op: Any, raw_args: Any, *, max_partitions: int = 64) -> Any:
             partition=_partition(args),
             max_bytes=_int(args, "max_bytes", 1, RECEIVE_BYTES_BUDGET, RECEIVE_BYTES_BUDGET) or RECEIVE_BYTES_BUDGET,
         )
+    if op == "peek":
+        _only(args, op, ("queue", "max_messages", "partition", "max_bytes"))
+        return Peek(
+            queue=queue_name(args.get("queue")),
+            max_messages=_int(args, "max_messages", 1, store_limits.MAX_RECEIVE, 1) or 1,
+            partition=_partition(args),
+            max_bytes=_int(args, "max_bytes", 1, RECEIVE_BYTES_BUDGET, RECEIVE_BYTES_BUDGET) or RECEIVE_BYTES_BUDGET,
+        )
     if op == "delete":
         _only(args, op, ("queue", "receipts"))
         receipts = tuple(_receipt(entry) for entry in _list(args, "receipts", store_limits.MAX_BATCH_ENTRIES))
@@ -366,11 +384,11 @@ def parse(op: Any, raw_args: Any, *, max_partitions: int = 64) -> Any:
 
 
 OPERATIONS = ("create_queue", "delete_queue", "get_queue", "list_queues", "purge_queue", "send", "receive",
-              "delete", "change_visibility", "redrive", "lookup", "cluster_status")
+              "peek", "delete", "change_visibility", "redrive", "lookup", "cluster_status")
 
 # The permission each operation needs on its queue ("admin", "send" or "receive"); None: any principal.
 PERMISSION = {
     "create_queue": "admin", "delete_queue": "admin", "get_queue": None, "purge_queue": "admin",
-    "send": "send", "receive": "receive", "delete": "receive", "change_visibility": "receive",
+    "send": "send", "receive": "receive", "peek": "receive", "delete": "receive", "change_visibility": "receive",
     "redrive": "admin", "lookup": None, "list_queues": None, "cluster_status": None,
 }

@@ -699,16 +699,26 @@ class PartitionStore:
             "dead_letters": meta.dead_letters,
         }
 
-    def peek(self, count: int) -> list[dict[str, Any]]:
-        """The first `count` messages by id, in any state."""
+    def peek(self, count: int, max_bytes: int | None = None) -> list[dict[str, Any]]:
+        """The first `count` messages by id, in any state, changing nothing: each as a receive returns it (without
+        a receipt) plus its `state` ("delayed", "ready" or "in_flight") and `visible_at` (when a delayed or
+        in-flight message becomes receivable; None when ready). At most `max_bytes` of message records (None: no
+        byte limit), though the first message always comes."""
         if count < 1:
             return []
         messages = []
+        budget = _Budget(count, max_bytes)
         start = keys.message(max(self._meta.message_low, self._lowest_seen))
         for key, record in items_between(self._database(), start, keys.end_of(keys.MESSAGE)):
-            if len(messages) == count:
+            if budget.full or not budget.fits(record):
                 break
-            messages.append(records.decode(keys.id_of(key), record))
+            ident = keys.id_of(key)
+            budget.take((ident, record))
+            head = records.header(record)
+            message = records.decode(ident, record, head)
+            message["state"] = _STATE_NAMES[head.state]
+            message["visible_at"] = head.timer if head.state != records.READY else None
+            messages.append(message)
         # Ids are never reused, so no message below the lowest one seen now can appear later: the next peek
         # starts there instead of stepping again over the tombstones of everything consumed since.
         self._lowest_seen = messages[0]["id"] if messages else self._meta.next_id
@@ -831,6 +841,9 @@ def _earliest(*times: int | None) -> int | None:
 
 
 __all__ = ["PartitionStore", "PartitionStoreFactory", "StoreOptions", "QueueConfig"]
+
+
+_STATE_NAMES = {records.DELAYED: "delayed", records.READY: "ready", records.IN_FLIGHT: "in_flight"}
 
 
 class _Budget:

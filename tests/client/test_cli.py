@@ -98,13 +98,13 @@ def receive_all(dmq: LocalCluster, queue: str, expect: int) -> list[dict]:
 def test_help_documents_exit_codes_and_lag() -> None:
     runner = CliRunner()
     text = runner.invoke(main, ["--help"]).output
-    for command in ("queue", "send", "receive", "tail", "redrive", "cluster"):
+    for command in ("queue", "send", "receive", "peek", "tail", "redrive", "cluster"):
         assert f"  {command} " in text
     assert "Exit codes" in text and "3  not found" in text and "5  authentication" in text
     status_help = runner.invoke(main, ["cluster", "status", "--help"]).output
     assert "metrics" in status_help and "lag" in status_help
-    tail_help = runner.invoke(main, ["tail", "--help"]).output
-    assert "receive count" in tail_help
+    peek_help = runner.invoke(main, ["peek", "--help"]).output
+    assert "receive count" in peek_help and "--partition" in peek_help
     create_help = runner.invoke(main, ["queue", "create", "--help"]).output
     assert "--dead-letter-queue" in create_help and "DMQ_NODES" in create_help
 
@@ -314,17 +314,27 @@ def test_tail_drains_and_stops(dmq: LocalCluster, client: Client) -> None:
     failed(run(dmq, "tail", fresh("missing"), "--wait", "0.2"), 3, "QueueNotFound")
 
 
-def test_tail_peek_releases(dmq: LocalCluster, client: Client) -> None:
+def test_peek_prints_messages_and_their_state_without_receiving_them(dmq: LocalCluster, client: Client) -> None:
     name = fresh("peek")
     ok(run(dmq, "queue", "create", name))
     ok(run(dmq, "send", name, "p1", "p2"))
-    peeked = json_lines(ok(run(dmq, "tail", name, "--peek", "--wait", "0.3", "--json")).stdout)
-    assert [m["body"] for m in peeked] == ["p1", "p2"]  # each printed once
-    assert client.get_queue(name).stats["count"] == 2  # still there, receivable at once ...
-    again = receive_all(dmq, name, 2)
-    assert all(m["receive_count"] >= 2 for m in again)  # ... but they were received
-    assert [m["body"] for m in json_lines(ok(run(dmq, "tail", name, "--peek", "-n", "1", "--json",
-                                                   "--wait", "0.3")).stdout)] == []
+    (leased,) = client.receive(name, visibility_timeout=60)
+    peeked = json_lines(ok(run(dmq, "peek", name, "--json")).stdout)
+    assert [(m["body"], m["state"], m["receive_count"]) for m in peeked] == [("p1", "in_flight", 1),
+                                                                            ("p2", "ready", 0)]
+    assert peeked[0]["visible_at"] >= peeked[0]["enqueued_at"] + 60_000 and peeked[1]["visible_at"] is None
+    assert "receipt" not in peeked[0]
+    text = ok(run(dmq, "peek", name, "--max", "1")).stdout
+    assert text.startswith(f"{leased.id}  receive_count=1  ") and "state=in_flight  visible=" in text
+    assert "p1" in text and "p2" not in text
+    assert [m.receive_count for m in client.receive(name, max_messages=10)] == [1]  # p2: its first delivery
+    assert ok(run(dmq, "peek", name, "--partition", "0", "--json")).stdout.count("\n") == 2
+    failed(run(dmq, "peek", name, "--partition", "1"), 1, "InvalidRequest")
+    failed(run(dmq, "peek", fresh("missing")), 3, "QueueNotFound")
+    empty = fresh("empty")
+    ok(run(dmq, "queue", "create", empty))
+    shown = ok(run(dmq, "peek", empty))
+    assert shown.stdout == "" and "no messages" in shown.stderr
 
 
 def test_tail_follow_stops_on_ctrl_c(dmq: LocalCluster) -> None:

@@ -232,6 +232,61 @@ def test_delay_and_visibility_timeout(client: Client) -> None:
     message.delete()
 
 
+def test_peek_shows_messages_in_every_state_without_receiving_them(dmq: LocalCluster, client: Client) -> None:
+    name = fresh("peek")
+    client.create_queue(name, partitions=3)
+    for i in range(6):  # one request each, so they spread over the partitions, at distinct enqueue times
+        client.send(name, b"m%d" % i)
+        time.sleep(0.005)
+    client.send(name, b"later", delay=60)
+    peeked = client.peek(name, max_messages=10)
+    assert [m.body for m in peeked] == [b"m0", b"m1", b"m2", b"m3", b"m4", b"m5", b"later"]  # oldest first
+    assert len({m.id.split(".")[0] for m in peeked}) == 3  # from every partition
+    assert [(m.state, m.visible_at, m.receive_count) for m in peeked[:6]] == [("ready", None, 0)] * 6
+    assert peeked[6].state == "delayed" and peeked[6].visible_at == peeked[6].enqueued_at + 60_000
+    assert not hasattr(peeked[0], "receipt")
+
+    (leased,) = client.receive(name, visibility_timeout=30)
+
+    def counts() -> tuple[int, ...]:
+        stats = client.get_queue(name).stats
+        return tuple(stats[key] for key in ("count", "ready", "in_flight", "delayed"))
+
+    assert counts() == (7, 5, 1, 1)
+    again = {m.id: m for m in client.peek(name, max_messages=10)}
+    assert list(again) == [m.id for m in peeked]
+    assert again[leased.id].state == "in_flight" and again[leased.id].receive_count == 1
+    assert again[leased.id].visible_at is not None and again[leased.id].visible_at >= time.time() * 1000 + 25_000
+    assert [m.body for m in client.peek(name, max_messages=2)] == [b"m0", b"m1"]
+    partition = int(leased.id.split(".")[0])
+    assert {m.id.split(".")[0] for m in client.peek(name, partition=partition)} == {str(partition)}
+    for address in dmq.addresses:  # the same answer through every node: partitions it does not lead are forwarded
+        with Client([address]) as one:
+            assert [m.id for m in one.peek(name, max_messages=10)] == list(again)
+    assert counts() == (7, 5, 1, 1)  # peeks lease nothing ...
+    received = client.receive(name, max_messages=10)
+    assert sorted(m.receive_count for m in received) == [1] * 5  # ... and count no delivery
+    with pytest.raises(QueueNotFound):
+        client.peek(fresh("missing"))
+    with pytest.raises(InvalidRequest):
+        client.peek(name, partition=3)
+    with pytest.raises(ValueError):
+        client.peek(name, max_messages=0)
+
+
+def test_a_peek_answer_keeps_to_its_byte_budget_over_partitions(client: Client) -> None:
+    """Each partition's share of the 3 MiB budget (768 KiB of 4) is smaller than one of these messages, and a
+    partition always gives its first: the merged answer must still fit a frame (4 MiB), so it is cut."""
+    name = fresh("bigpeek")
+    client.create_queue(name, partitions=4, max_message_bytes=1 << 20)
+    for i in range(4):
+        client.send_batch(name, [bytes([65 + i]) * 1_000_000])
+    assert [len(client.peek(name, max_messages=10, partition=p)) for p in range(4)] == [1, 1, 1, 1]
+    shown = client.peek(name, max_messages=10)
+    assert len(shown) == 3 and all(len(m.body) == 1_000_000 for m in shown)
+    client.delete_queue(name)
+
+
 def test_fifo_groups_keep_order(client: Client) -> None:
     name = fresh("fifo")
     client.create_queue(name, partitions=3, fifo=True)
@@ -401,6 +456,7 @@ def test_async_client_every_operation(dmq: LocalCluster) -> None:
             assert len(set(ids)) == 50
             assert len(await c.send_batch(name, [b"b1", b"b2"])) == 2
             assert (await c.get_queue(name)).stats["count"] == 52
+            assert len(await c.peek(name, max_messages=100)) == 52
             got: list[bytes] = []
             for _ in range(100):
                 if len(got) == 52:

@@ -155,6 +155,13 @@ def test_receive():
                              "partition": None}) == rq.Receive("q", 1, 0, 0, None)
 
 
+def test_peek():
+    assert parse("peek", {"queue": "q"}) == rq.Peek("q", 1, None)
+    assert parse("peek", {"queue": "q", "max_messages": 1000, "partition": 3, "max_bytes": 1}) == \
+        rq.Peek("q", 1000, 3, 1)
+    assert parse("peek", {"queue": "q", "max_messages": None, "partition": None}) == rq.Peek("q", 1, None)
+
+
 def test_delete():
     request = parse("delete", {"queue": "q", "receipts": [RECEIPT, "garbage", 5, None, "7.2.0.3"]})
     assert request.queue == "q"
@@ -182,7 +189,7 @@ def test_cluster_status():
 
 REQUIRED = {"create_queue": {"name": "q"}, "delete_queue": {"name": "q"}, "get_queue": {"name": "q"},
             "list_queues": {}, "purge_queue": {"name": "q"}, "send": {"queue": "q", "messages": [{"body": b""}]},
-            "receive": {"queue": "q"}, "delete": {"queue": "q", "receipts": [RECEIPT]},
+            "receive": {"queue": "q"}, "peek": {"queue": "q"}, "delete": {"queue": "q", "receipts": [RECEIPT]},
             "change_visibility": {"queue": "q", "entries": [[RECEIPT, 1]]}, "redrive": {"queue": "q"},
             "lookup": {"name": "q"}, "cluster_status": {}}
 
@@ -227,7 +234,7 @@ BAD_NAMES = ["", "a" * 81, "a b", "a.b", "a/b", "\u00e4", "q\n", "q\x00", 5, Non
 NAME_FIELDS = [
     ("create_queue", {}, "name"), ("delete_queue", {}, "name"), ("get_queue", {}, "name"),
     ("purge_queue", {}, "name"), ("lookup", {}, "name"),
-    ("send", {"messages": [{"body": b""}]}, "queue"), ("receive", {}, "queue"),
+    ("send", {"messages": [{"body": b""}]}, "queue"), ("receive", {}, "queue"), ("peek", {}, "queue"),
     ("delete", {"receipts": [RECEIPT]}, "queue"), ("change_visibility", {"entries": [[RECEIPT, 1]]}, "queue"),
     ("redrive", {}, "queue"), ("redrive", {"queue": "q"}, "to"),
 ]
@@ -251,6 +258,7 @@ def test_missing_required_fields():
     invalid("send", {"queue": "q"}, "'messages'")
     invalid("send", {"messages": [{"body": b""}]}, "'queue'")
     invalid("receive", {}, "'queue'")
+    invalid("peek", {}, "'queue'")
     invalid("delete", {"queue": "q"}, "'receipts'")
     invalid("change_visibility", {"queue": "q"}, "'entries'")
     invalid("redrive", {}, "'queue'")
@@ -263,6 +271,10 @@ INT_FIELDS = [  # (op, base args, where the field goes, field, low, high)
     ("receive", {"queue": "q"}, None, "wait_ms", 0, 20_000),
     ("receive", {"queue": "q"}, None, "visibility_timeout_ms", 0, 43_200_000),
     ("receive", {"queue": "q"}, None, "partition", 0, 1023),
+    ("receive", {"queue": "q"}, None, "max_bytes", 1, 3 << 20),
+    ("peek", {"queue": "q"}, None, "max_messages", 1, 1000),
+    ("peek", {"queue": "q"}, None, "partition", 0, 1023),
+    ("peek", {"queue": "q"}, None, "max_bytes", 1, 3 << 20),
     ("send", {"queue": "q", "messages": [{"body": b""}]}, None, "partition", 0, 1023),
     ("send", {"queue": "q"}, "message", "delay_ms", 0, 900_000),
     ("redrive", {"queue": "q"}, None, "max_messages", 1, 100_000),
@@ -457,7 +469,7 @@ def test_protocol_doc_covers_operations_and_attributes():
 # ---------------------------------------------------------------------------------------------- fuzzing
 
 FIELDS = sorted({"name", "attributes", "prefix", "queue", "messages", "partition", "batch_id", "purge_id",
-                 "max_messages",
+                 "max_messages", "max_bytes",
                  "wait_ms", "visibility_timeout_ms", "receipts", "entries", "to", "body", "delay_ms", "dedup_id",
                  "group", "partitions", "replication", "ack_mode", "receive_wait_ms", "dead_letter_queue", "fifo",
                  *INT_RANGES})
@@ -477,7 +489,7 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5) | st.di
 args_maps = st.dictionaries(st.sampled_from(FIELDS) | keys, values, max_size=6)
 ops = st.one_of(st.sampled_from(rq.OPERATIONS), values)
 
-RESULT_TYPES = (rq.CreateQueue, rq.QueueOp, rq.PurgeQueue, rq.ListQueues, rq.Send, rq.Receive, rq.Delete,
+RESULT_TYPES = (rq.CreateQueue, rq.QueueOp, rq.PurgeQueue, rq.ListQueues, rq.Send, rq.Receive, rq.Peek, rq.Delete,
                 rq.ChangeVisibility, rq.Redrive, rq.ClusterStatus)
 NAME = re.compile(r"[A-Za-z0-9_-]{1,80}\Z")
 
@@ -538,6 +550,11 @@ def _check(request: Any) -> None:
         _check_int(request.wait_ms, 0, 20_000, optional=True)
         _check_int(request.visibility_ms, 0, 43_200_000, optional=True)
         _check_int(request.partition, 0, 1023, optional=True)
+        _check_int(request.max_bytes, 1, 3 << 20)
+    elif isinstance(request, rq.Peek):
+        _check_int(request.max_messages, 1, 1000)
+        _check_int(request.partition, 0, 1023, optional=True)
+        _check_int(request.max_bytes, 1, 3 << 20)
     elif isinstance(request, rq.Delete):
         assert 1 <= len(request.receipts) <= 1000
         for receipt in request.receipts:

@@ -785,6 +785,8 @@ class TestAuth:
                 assert sent["duplicate"] is False
                 with pytest.raises(Forbidden):
                     producer.call("receive", {"queue": "orders-x"})
+                with pytest.raises(Forbidden):  # a peek shows bodies: it takes the receive permission
+                    producer.call("peek", {"queue": "orders-x"})
                 with pytest.raises(Forbidden):
                     producer.call("send", {"queue": "other-x", "messages": [{"body": b"nope"}]})
                 with pytest.raises(Forbidden):
@@ -795,6 +797,8 @@ class TestAuth:
 
     def test_consumer_receives_but_cannot_send(self, auth_cluster: Cluster) -> None:
         with auth_cluster.connect(2, CONSUMER_TOKEN) as consumer:
+            peeked = consumer.call("peek", {"queue": "orders-x", "max_messages": 10})
+            assert sorted(m["body"] for m in peeked) == [b"order 0", b"order 1", b"order 2"]
             received = receive_all([consumer], "orders-x", 3, max_messages=10)
             assert sorted(m["body"] for m in received) == [b"order 0", b"order 1", b"order 2"]
             assert consumer.call("delete", {"queue": "orders-x", "receipts": [m["receipt"] for m in received]}) \

@@ -526,7 +526,9 @@ class QueueModel:
         }
 
     def peek(self, n: int) -> list[dict]:
-        return [self.messages[i].view() for i in sorted(self.messages)[:n]]
+        peeked = [self.messages[i] for i in sorted(self.messages)[:n]]
+        timers = [{DELAYED: m.visible_at, IN_FLIGHT: m.deadline}.get(m.state) for m in peeked]
+        return [{**m.view(), "state": m.state, "visible_at": timer} for m, timer in zip(peeked, timers)]
 
     def dead_letters(self, limit: int) -> list[dict]:
         return [dict(self.dead[i]) for i in sorted(self.dead)[:limit]]

@@ -288,6 +288,23 @@ def test_peek_lists_messages_without_changing_them(queue: Driver) -> None:
     peeked = queue.store.peek(5)
     assert [(m["id"], m["receive_count"]) for m in peeked] == [(1, 1), (2, 0)]
     assert "receipt" not in peeked[0]
+    assert queue.store.peek(5) == peeked  # nothing changed: no lease, no receive count
+
+
+def test_peek_tells_each_messages_state_and_when_it_becomes_receivable(queue: Driver) -> None:
+    queue.send(b"leased", b"ready")
+    queue.send(b"delayed", delay=5_000)
+    queue.receive(1, visibility=2_000)
+    states = [(m["body"], m["state"], m["visible_at"]) for m in queue.store.peek(5)]
+    assert states == [(b"leased", "in_flight", queue.now + 2_000), (b"ready", "ready", None),
+                      (b"delayed", "delayed", queue.now + 5_000)]
+
+
+def test_peek_stops_at_its_byte_budget_but_always_returns_the_first_message(queue: Driver) -> None:
+    queue.send(b"x" * 300, b"y" * 300, b"z" * 300)
+    assert [m["id"] for m in queue.store.peek(5, max_bytes=100)] == [1]  # larger than the budget, alone
+    assert [m["id"] for m in queue.store.peek(5, max_bytes=700)] == [1, 2]
+    assert [m["id"] for m in queue.store.peek(2, max_bytes=10_000)] == [1, 2]
 
 
 def test_fresh_cursor_skips_consumed_messages(queue: Driver) -> None:
