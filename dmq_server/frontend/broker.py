@@ -467,17 +467,24 @@ class Broker:
         """Receives draw from every partition: one pass without waiting, starting at a rotating partition; when
         it finds nothing, wait until any partition has a message (each leader wakes on its own sends)."""
         deadline = time.monotonic() + wait_ms / 1000
+        share = max(1, request.max_bytes // count)
         while True:
             collected: list[Any] = []
+            # A partition gives its first message even when it exceeds the partition's share: what is left of
+            # the whole budget bounds the answer (it must fit a frame; its messages are leased already).
+            budget = request.max_bytes
             for partition in self._receive_order(record, count):
                 try:
-                    collected += await self._receive_one(record, partition, request.max_messages - len(collected),
-                                                         request.visibility_ms, 0, forwarded, principal,
-                                                         max(1, request.max_bytes // count))
+                    picked = await self._receive_one(record, partition, request.max_messages - len(collected),
+                                                     request.visibility_ms, 0, forwarded, principal,
+                                                     min(share, budget))
                 except RequestError as exc:
                     if exc.code not in (ErrorCode.UNAVAILABLE, ErrorCode.NOT_LEADER, ErrorCode.TIMEOUT):
                         raise
-                if len(collected) >= request.max_messages:
+                    continue
+                collected += picked
+                budget -= sum(len(message["body"]) for message in picked)
+                if len(collected) >= request.max_messages or budget <= 0:
                     break
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if collected or remaining_ms <= 0:

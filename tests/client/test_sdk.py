@@ -287,6 +287,22 @@ def test_a_peek_answer_keeps_to_its_byte_budget_over_partitions(client: Client) 
     client.delete_queue(name)
 
 
+def test_a_receive_over_partitions_keeps_its_answer_within_a_frame(client: Client) -> None:
+    """Each of 8 partitions' share of the 3 MiB budget (384 KiB) is smaller than one of these messages, and a
+    partition always gives its first: 8 of them (4.8 MB) would not fit the 4 MiB frame, and the leased messages
+    would be lost to the caller until their visibility timeout. What is left of the whole budget bounds it."""
+    name = fresh("bigreceive")
+    client.create_queue(name, partitions=8, max_message_bytes=1 << 20)
+    for i in range(8):
+        client.send_batch(name, [bytes([65 + i]) * 600_000])
+    assert [len(client.peek(name, partition=p)) for p in range(8)] == [1] * 8
+    received = client.receive(name, max_messages=100)
+    assert 5 <= len(received) <= 6 and all(len(m.body) == 600_000 for m in received)
+    client.delete_batch(name, [m.receipt for m in received])
+    assert len(drain(client, name, 8 - len(received))) == 8 - len(received)
+    client.delete_queue(name)
+
+
 def test_fifo_groups_keep_order(client: Client) -> None:
     name = fresh("fifo")
     client.create_queue(name, partitions=3, fifo=True)
