@@ -9,15 +9,14 @@ metadata and the config.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-MESSAGE_EVENTS = ("sent", "received", "deleted", "empty_receives", "dead_lettered")
+MESSAGE_EVENTS = ("sent", "received", "redelivered", "deleted", "empty_receives", "dead_lettered")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0)
 
 # What the collector reads: (queue name, partition, group id, role, term, commit index, applied index,
@@ -41,7 +40,7 @@ class NodeMetrics:
                                 buckets=LATENCY_BUCKETS, registry=self.registry)
         self._samples: Callable[[], list[PartitionSample]] = list
         self.registry.register(_PartitionCollector(self))
-        self._started = time.time()
+        ProcessCollector(registry=self.registry)  # process_*: CPU, memory, open files of the node
 
     def sample_partitions_with(self, sampler: Callable[[], list[PartitionSample]]) -> None:
         self._samples = sampler

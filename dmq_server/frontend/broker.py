@@ -447,6 +447,8 @@ class Broker:
             messages = await self._receive_many(record, count, request, wait_ms, forwarded, principal)
         if not forwarded:
             self._metrics.messages("received", record["name"], principal, len(messages))
+            self._metrics.messages("redelivered", record["name"], principal,
+                                   sum(1 for message in messages if message["receive_count"] > 1))
             if not messages:
                 self._metrics.messages("empty_receives", record["name"], principal, 1)
         return messages

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -431,11 +432,18 @@ def test_metrics_after_known_workload(cluster: Cluster, conns: list[Connection])
         [message] = conns[(i + 1) % 3].call("receive", {"queue": "met-q", "visibility_timeout_ms": 600_000})
         assert conns[(i + 2) % 3].call("delete", {"queue": "met-q", "receipts": [message["receipt"]]}) == \
             [{"ok": True}]
+    # Received with no visibility timeout: visible again at once, and its next delivery is a redelivery.
+    [first] = conns[0].call("receive", {"queue": "met-q", "visibility_timeout_ms": 0})
+    partition = int(first["id"].split(".")[0])
+    [again] = conns[1].call("receive", {"queue": "met-q", "partition": partition, "visibility_timeout_ms": 600_000})
+    assert (again["id"], again["receive_count"]) == (first["id"], 2)
+    assert conns[2].call("delete", {"queue": "met-q", "receipts": [again["receipt"]]}) == [{"ok": True}]
 
     scrapes = [scrape(address) for address in cluster.metrics_addresses]
     assert total(scrapes, "dmq_messages_total", event="sent", queue="met-q") == 7
-    assert total(scrapes, "dmq_messages_total", event="received", queue="met-q") == 3
-    assert total(scrapes, "dmq_messages_total", event="deleted", queue="met-q") == 3
+    assert total(scrapes, "dmq_messages_total", event="received", queue="met-q") == 5
+    assert total(scrapes, "dmq_messages_total", event="redelivered", queue="met-q") == 1
+    assert total(scrapes, "dmq_messages_total", event="deleted", queue="met-q") == 4
 
     def gauges() -> list[dict[str, Any]] | None:  # a scrape taken while no leadership moved
         found = [scrape(address) for address in cluster.metrics_addresses]
@@ -445,7 +453,7 @@ def test_metrics_after_known_workload(cluster: Cluster, conns: list[Connection])
         return found
 
     scrapes = eventually(gauges, 5, "one leader per partition of met-q in the metrics")
-    assert total(scrapes, "dmq_queue_visible_messages", queue="met-q") == 4
+    assert total(scrapes, "dmq_queue_visible_messages", queue="met-q") == 3
     assert total(scrapes, "dmq_queue_in_flight_messages", queue="met-q") == 0
     for name in ("dmq_partition_leader", "dmq_partition_term", "dmq_partition_commit_index",
                  "dmq_partition_applied_index"):
@@ -476,6 +484,13 @@ def test_metrics_after_known_workload(cluster: Cluster, conns: list[Connection])
         conns[0].call("get_queue", {"name": "met-missing"})
     after = total([scrape(cluster.metrics_addresses[0])], "dmq_errors_total", code="QueueNotFound")
     assert after - before == 1
+
+    # docs/METRICS.md names every metric the nodes serve, and nothing they do not.
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "METRICS.md").read_text()
+    served = {re.sub(r"_(bucket|count|sum|created|total)$", "", name)
+              for address in cluster.metrics_addresses for name in scrape(address)}
+    documented = {re.sub(r"_total$", "", name) for name in re.findall(r"`((?:dmq|process)_[a-z_]+)`", doc)}
+    assert served == documented, (served - documented, documented - served)
 
 
 # ---------------------------------------------------------------------------------------------- fuzzing
