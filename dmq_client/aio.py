@@ -252,13 +252,21 @@ class AsyncClient:
         raw = await self._router.on_partition(queue, None, "receive", args, timeout=timeout, deadline=deadline)
         return [AsyncMessage(self, queue, item, visibility) for item in raw]
 
-    async def peek(self, queue: str, max_messages: int = 10, *, partition: int | None = None) -> list[PeekedMessage]:
+    async def peek(self, queue: str, max_messages: int = 10, *, partition: int | None = None,
+                   after: str | None = None) -> list[PeekedMessage]:
         """The queue's oldest messages in any state (ready, in flight, delayed), without receiving them: no lease
         and no receive count, so a peek never delays or dead-letters a message. Up to `max_messages` of one
-        `partition`, or of every partition merged by enqueue time; an answer holds at most about 3 MiB of them."""
+        `partition`, or of every partition merged by enqueue time; an answer holds at most about 3 MiB of them.
+        `after` (a message id) pages through its partition: the messages that follow it there."""
         if not 1 <= max_messages <= MAX_BATCH:
             raise ValueError(f"max_messages must be from 1 to {MAX_BATCH}")
         args: dict[str, Any] = {"queue": queue, "max_messages": max_messages}
+        if after is not None:
+            position = protocol.parse_message_id(after)
+            if position is None or partition not in (None, position[0]):
+                raise ValueError(f"after={after!r} is not the id of a message of the partition peeked")
+            partition = position[0]
+            args["after"] = after
         if partition is not None:
             args["partition"] = partition
         raw = await self._router.on_partition(queue, partition, "peek", args)

@@ -138,8 +138,9 @@ class Client:
         received = self._run(self._async.receive(queue, max_messages, wait_seconds, visibility_timeout))
         return [Message(inner, self._run) for inner in received]
 
-    def peek(self, queue: str, max_messages: int = 10, *, partition: int | None = None) -> list[PeekedMessage]:
-        return self._run(self._async.peek(queue, max_messages, partition=partition))
+    def peek(self, queue: str, max_messages: int = 10, *, partition: int | None = None,
+             after: str | None = None) -> list[PeekedMessage]:
+        return self._run(self._async.peek(queue, max_messages, partition=partition, after=after))
 
     def delete_batch(self, queue: str, receipts: Iterable[str]) -> None:
         self._run(self._async.delete_batch(queue, list(receipts)))

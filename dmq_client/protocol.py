@@ -160,6 +160,19 @@ def message_id(partition: int, sequence: int) -> str:
     return f"{partition}.{sequence}"
 
 
+def parse_message_id(text: Any) -> tuple[int, int] | None:
+    """(partition, sequence) of a message id, or None when `text` is not one."""
+    if not isinstance(text, str) or len(text) > 40 or not text.isascii():
+        return None
+    parts = text.split(".")
+    if len(parts) != 2 or not text.replace(".", "").isdigit() or "" in parts:
+        return None
+    partition, sequence = map(int, parts)
+    if sequence < 1 or sequence >= 2**63 or partition >= 2**16:
+        return None
+    return partition, sequence
+
+
 def receipt(queue_id: int, partition: int, sequence: int, receive_count: int) -> str:
     """A receipt names the queue's incarnation (a deleted and re-created queue rejects old receipts), the
     message, and the delivery it came from (a receipt from before a redelivery is rejected)."""

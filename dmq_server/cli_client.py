@@ -611,16 +611,22 @@ def receive(client: Client, queue: str, max_messages: int, wait: float, visibili
 @click.option("--max", "max_messages", default=10, show_default=True, type=click.IntRange(1, MAX_BATCH),
               help="At most this many messages.")
 @click.option("--partition", type=click.IntRange(min=0), help="Only this partition (default: every partition).")
+@click.option("--after", metavar="MESSAGE_ID",
+              help="Page on: the messages that follow this one in its partition (the last id a peek printed).")
 @_JSON_OPTION
 @with_client
-def peek(client: Client, queue: str, max_messages: int, partition: int | None, as_json: bool) -> None:
+def peek(client: Client, queue: str, max_messages: int, partition: int | None, after: str | None,
+         as_json: bool) -> None:
     """Show the oldest messages of QUEUE in any state without receiving them: nothing changes (no lease, no
     receive count), so a peek never delays, redelivers or dead-letters a message. With several partitions, the
     oldest of them all by enqueue time.
 
     Output as for `dmq receive`, with each message's state (ready, in_flight or delayed) and, for in-flight
     and delayed ones, when it becomes receivable (`visible_at` in ms with --json) instead of a receipt."""
-    messages = client.peek(queue, max_messages, partition=partition)
+    try:
+        messages = client.peek(queue, max_messages, partition=partition, after=after)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--after") from None
     print_messages(messages, as_json)
     if not messages and not as_json:
         click.echo("no messages", err=True)

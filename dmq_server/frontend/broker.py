@@ -526,11 +526,16 @@ class Broker:
         share = max(1, request.max_bytes // len(partitions))
         found: list[list[dict[str, Any]]] = [[] for _ in partitions]
 
+        def forward_args() -> dict[str, Any]:
+            args = {"queue": record["name"], "max_messages": request.max_messages, "max_bytes": share}
+            if request.after:
+                args["after"] = protocol.message_id(partitions[0], request.after)
+            return args
+
         async def peek_in(slot: int, partition: int) -> None:
-            found[slot] = await self._on_partition(
-                record, partition, forwarded, principal, "peek",
-                lambda: {"queue": record["name"], "max_messages": request.max_messages, "max_bytes": share},
-                lambda local: local.peek(request.max_messages, share))
+            found[slot] = await self._on_partition(record, partition, forwarded, principal, "peek", forward_args,
+                                                   lambda local: local.peek(request.max_messages, share,
+                                                                            request.after))
 
         await await_all([peek_in(slot, partition) for slot, partition in enumerate(partitions)])
         if len(found) == 1:

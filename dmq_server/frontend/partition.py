@@ -192,11 +192,12 @@ class LocalPartition:
         await self._caught_up()
         return self.group.query(lambda store: store.stats(_now_ms()))
 
-    async def peek(self, count: int, max_bytes: int) -> list[dict[str, Any]]:
-        """The partition's first `count` messages in any state (at most `max_bytes` of them, the first always),
-        as a receive returns them but without a receipt, plus `state` and `visible_at`. Nothing changes."""
+    async def peek(self, count: int, max_bytes: int, after: int = 0) -> list[dict[str, Any]]:
+        """The partition's first `count` messages above sequence `after`, in any state (at most `max_bytes` of
+        them, the first always), as a receive returns them but without a receipt, plus `state` and
+        `visible_at`. Nothing changes."""
         await self._caught_up()
-        peeked = self.group.query(lambda store: store.peek(count, max_bytes))
+        peeked = self.group.query(lambda store: store.peek(count, max_bytes, after))
         return [{**self._shown(message), "state": message["state"], "visible_at": message["visible_at"]}
                 for message in peeked]
 

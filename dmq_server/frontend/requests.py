@@ -12,7 +12,7 @@ import dataclasses
 import re
 from typing import Any, NamedTuple
 
-from dmq_client.protocol import ErrorCode, parse_receipt
+from dmq_client.protocol import ErrorCode, parse_message_id, parse_receipt
 from dmq_server.store import config as store_config
 from dmq_server.store import limits as store_limits
 
@@ -20,6 +20,7 @@ QUEUE_NAME = re.compile(r"[A-Za-z0-9_-]{1,80}\Z")
 MAX_WAIT_MS = 20_000
 RECEIVE_BYTES_BUDGET = 3 << 20  # message records in one receive answer: under the default 4 MiB frame
 MAX_REDRIVE = 100_000
+MAX_PARTITION = 1023
 REPLICATION_FACTORS = (1, 3, 5)
 ACK_MODES = ("quorum", "leader")
 
@@ -134,6 +135,7 @@ class Peek:
     max_messages: int
     partition: int | None  # None: every partition, oldest first
     max_bytes: int = RECEIVE_BYTES_BUDGET
+    after: int = 0  # in `partition`: only messages with a higher sequence number (paging)
 
 
 class Receipt(NamedTuple):
@@ -307,7 +309,7 @@ def _message(value: Any) -> OutgoingMessage:
 
 
 def _partition(args: dict[str, Any]) -> int | None:
-    return _int(args, "partition", 0, 1023)
+    return _int(args, "partition", 0, MAX_PARTITION)
 
 
 def parse(op: Any, raw_args: Any, *, max_partitions: int = 64) -> Any:
@@ -333,12 +335,19 @@ def parse(op: Any, raw_args: Any, *, max_partitions: int = 64) -> Any:
             max_bytes=_int(args, "max_bytes", 1, RECEIVE_BYTES_BUDGET, RECEIVE_BYTES_BUDGET) or RECEIVE_BYTES_BUDGET,
         )
     if op == "peek":
-        _only(args, op, ("queue", "max_messages", "partition", "max_bytes"))
+        _only(args, op, ("queue", "max_messages", "partition", "max_bytes", "after"))
+        partition, after = _partition(args), 0
+        if args.get("after") is not None:
+            position = parse_message_id(args["after"])
+            if position is None or position[0] > MAX_PARTITION or partition not in (None, position[0]):
+                raise invalid("'after' must be the id of a message (\"partition.sequence\") of the partition peeked")
+            partition, after = position
         return Peek(
             queue=queue_name(args.get("queue")),
             max_messages=_int(args, "max_messages", 1, store_limits.MAX_RECEIVE, 1) or 1,
-            partition=_partition(args),
+            partition=partition,
             max_bytes=_int(args, "max_bytes", 1, RECEIVE_BYTES_BUDGET, RECEIVE_BYTES_BUDGET) or RECEIVE_BYTES_BUDGET,
+            after=after,
         )
     if op == "delete":
         _only(args, op, ("queue", "receipts"))

@@ -699,16 +699,17 @@ class PartitionStore:
             "dead_letters": meta.dead_letters,
         }
 
-    def peek(self, count: int, max_bytes: int | None = None) -> list[dict[str, Any]]:
-        """The first `count` messages by id, in any state, changing nothing: each as a receive returns it (without
-        a receipt) plus its `state` ("delayed", "ready" or "in_flight") and `visible_at` (when a delayed or
-        in-flight message becomes receivable; None when ready). At most `max_bytes` of message records (None: no
-        byte limit), though the first message always comes."""
+    def peek(self, count: int, max_bytes: int | None = None, after: int = 0) -> list[dict[str, Any]]:
+        """The first `count` messages with ids above `after`, in any state, changing nothing: each as a receive
+        returns it (without a receipt) plus its `state` ("delayed", "ready" or "in_flight") and `visible_at` (when
+        a delayed or in-flight message becomes receivable; None when ready). At most `max_bytes` of message
+        records (None: no byte limit), though the first message always comes."""
         if count < 1:
             return []
         messages = []
         budget = _Budget(count, max_bytes)
-        start = keys.message(max(self._meta.message_low, self._lowest_seen))
+        lowest = max(self._meta.message_low, self._lowest_seen)
+        start = keys.message(max(lowest, after + 1))
         for key, record in items_between(self._database(), start, keys.end_of(keys.MESSAGE)):
             if budget.full or not budget.fits(record):
                 break
@@ -721,7 +722,8 @@ class PartitionStore:
             messages.append(message)
         # Ids are never reused, so no message below the lowest one seen now can appear later: the next peek
         # starts there instead of stepping again over the tombstones of everything consumed since.
-        self._lowest_seen = messages[0]["id"] if messages else self._meta.next_id
+        if after < lowest:
+            self._lowest_seen = messages[0]["id"] if messages else self._meta.next_id
         return messages
 
     def dead_letters(self, limit: int) -> list[dict[str, Any]]:

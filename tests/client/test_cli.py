@@ -329,6 +329,8 @@ def test_peek_prints_messages_and_their_state_without_receiving_them(dmq: LocalC
     assert "p1" in text and "p2" not in text
     assert [m.receive_count for m in client.receive(name, max_messages=10)] == [1]  # p2: its first delivery
     assert ok(run(dmq, "peek", name, "--partition", "0", "--json")).stdout.count("\n") == 2
+    assert [m["body"] for m in json_lines(ok(run(dmq, "peek", name, "--after", leased.id, "--json")).stdout)] == ["p2"]
+    failed(run(dmq, "peek", name, "--after", "nonsense"), 2)
     failed(run(dmq, "peek", name, "--partition", "1"), 1, "InvalidRequest")
     failed(run(dmq, "peek", fresh("missing")), 3, "QueueNotFound")
     empty = fresh("empty")

@@ -260,6 +260,16 @@ def test_peek_shows_messages_in_every_state_without_receiving_them(dmq: LocalClu
     assert [m.body for m in client.peek(name, max_messages=2)] == [b"m0", b"m1"]
     partition = int(leased.id.split(".")[0])
     assert {m.id.split(".")[0] for m in client.peek(name, partition=partition)} == {str(partition)}
+    pages, last = [], None  # page through each partition, one message at a time
+    for p in range(3):
+        last = None
+        for _ in range(10):
+            page = client.peek(name, max_messages=1, partition=p, after=last)
+            if not page:
+                break
+            pages += page
+            last = page[0].id
+    assert sorted(m.id for m in pages) == sorted(again)
     for address in dmq.addresses:  # the same answer through every node: partitions it does not lead are forwarded
         with Client([address]) as one:
             assert [m.id for m in one.peek(name, max_messages=10)] == list(again)
@@ -272,6 +282,10 @@ def test_peek_shows_messages_in_every_state_without_receiving_them(dmq: LocalClu
         client.peek(name, partition=3)
     with pytest.raises(ValueError):
         client.peek(name, max_messages=0)
+    with pytest.raises(ValueError):
+        client.peek(name, after="not-an-id")
+    with pytest.raises(ValueError):
+        client.peek(name, partition=0, after="1.1")
 
 
 def test_a_peek_answer_keeps_to_its_byte_budget_over_partitions(client: Client) -> None:

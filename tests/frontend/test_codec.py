@@ -288,6 +288,15 @@ def test_receipt_limits_are_inclusive():
 
 def test_message_id():
     assert protocol.message_id(3, 17) == "3.17"
+    assert protocol.parse_message_id("3.17") == (3, 17)
+    edge = protocol.message_id(2**16 - 1, 2**63 - 1)
+    assert protocol.parse_message_id(edge) == (2**16 - 1, 2**63 - 1)
+
+
+@pytest.mark.parametrize("text", ["", "3", "3.", ".17", "3.0", "3.17.1", "-3.17", "3.-17", " 3.17", "3.17\n",
+                                  "\u0663.17", "65536.1", f"0.{2**63}", "3_0.1", "a.b", None, 3, b"3.17", 3.17])
+def test_parse_message_id_rejects(text):
+    assert protocol.parse_message_id(text) is None
 
 
 def test_message_shapes():

@@ -160,6 +160,12 @@ def test_peek():
     assert parse("peek", {"queue": "q", "max_messages": 1000, "partition": 3, "max_bytes": 1}) == \
         rq.Peek("q", 1000, 3, 1)
     assert parse("peek", {"queue": "q", "max_messages": None, "partition": None}) == rq.Peek("q", 1, None)
+    assert parse("peek", {"queue": "q", "after": "3.17"}) == rq.Peek("q", 1, 3, after=17)
+    assert parse("peek", {"queue": "q", "after": "3.17", "partition": 3}) == rq.Peek("q", 1, 3, after=17)
+    assert parse("peek", {"queue": "q", "after": None}) == rq.Peek("q", 1, None)
+    for bad in ("3.17.1", "3", "", 17, "3.0", ["3.17"], "1024.1"):
+        invalid("peek", {"queue": "q", "after": bad}, "'after'")
+    invalid("peek", {"queue": "q", "after": "3.17", "partition": 2}, "'after'")
 
 
 def test_delete():
@@ -469,7 +475,7 @@ def test_protocol_doc_covers_operations_and_attributes():
 # ---------------------------------------------------------------------------------------------- fuzzing
 
 FIELDS = sorted({"name", "attributes", "prefix", "queue", "messages", "partition", "batch_id", "purge_id",
-                 "max_messages", "max_bytes",
+                 "max_messages", "max_bytes", "after",
                  "wait_ms", "visibility_timeout_ms", "receipts", "entries", "to", "body", "delay_ms", "dedup_id",
                  "group", "partitions", "replication", "ack_mode", "receive_wait_ms", "dead_letter_queue", "fifo",
                  *INT_RANGES})
@@ -555,6 +561,8 @@ def _check(request: Any) -> None:
         _check_int(request.max_messages, 1, 1000)
         _check_int(request.partition, 0, 1023, optional=True)
         _check_int(request.max_bytes, 1, 3 << 20)
+        _check_int(request.after, 0, 2**63 - 1)
+        assert request.after == 0 or request.partition is not None
     elif isinstance(request, rq.Delete):
         assert 1 <= len(request.receipts) <= 1000
         for receipt in request.receipts:

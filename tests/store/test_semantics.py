@@ -300,6 +300,15 @@ def test_peek_tells_each_messages_state_and_when_it_becomes_receivable(queue: Dr
                       (b"delayed", "delayed", queue.now + 5_000)]
 
 
+def test_peek_pages_on_after_a_given_id(queue: Driver) -> None:
+    queue.send(*[b"m%d" % i for i in range(1, 8)])
+    queue.delete(queue.receive(1)[0]["receipt"])  # id 1 gone: the first page starts at 2
+    assert [m["id"] for m in queue.store.peek(3)] == [2, 3, 4]
+    assert [m["id"] for m in queue.store.peek(3, after=4)] == [5, 6, 7]
+    assert queue.store.peek(3, after=7) == []
+    assert [m["id"] for m in queue.store.peek(3, after=0)] == [2, 3, 4]  # a page past the end moved no cursor
+
+
 def test_peek_stops_at_its_byte_budget_but_always_returns_the_first_message(queue: Driver) -> None:
     queue.send(b"x" * 300, b"y" * 300, b"z" * 300)
     assert [m["id"] for m in queue.store.peek(5, max_bytes=100)] == [1]  # larger than the budget, alone
