@@ -849,8 +849,8 @@ _STATE_NAMES = {records.DELAYED: "delayed", records.READY: "ready", records.IN_F
 
 
 class _Budget:
-    """What one receive may still pick: messages, and bytes of message records (None: no byte limit). The
-    first message always fits, so a message larger than the budget is still delivered, alone."""
+    """What one receive (or peek) may still pick: messages, and bytes of message records (None: no byte limit).
+    The first message always fits, so a message larger than the budget is still delivered, alone."""
 
     __slots__ = ("count", "bytes", "picked")
 
