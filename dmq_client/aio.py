@@ -40,6 +40,7 @@ log = logging.getLogger("dmq_client")
 
 MAX_BATCH = 1_000  # the protocol's per-request message limit
 MAX_BATCH_BYTES = 1 << 20  # well under a partition command's 2 MiB
+DEFAULT_VISIBILITY_MS = 30_000  # a queue's visibility_timeout_ms when created without one (docs/PROTOCOL.md)
 RECEIVE_MARGIN = 5.0  # seconds a receive may take beyond its wait before it counts as timed out
 CONSUME_WAIT = 5.0  # consume()'s long poll: also the longest a drain waits for a receive in flight
 MAX_CONSUME_FETCH = 100
@@ -105,6 +106,15 @@ class AsyncClient:
         dead_letter_queue, max_receives, ...). Creating an existing queue with the same attributes returns it."""
         description = await self._router.call_any("create_queue", {"name": name, "attributes": attributes})
         self._router.forget(name)
+        return QueueInfo.from_wire(description)
+
+    async def update_queue(self, name: str, **attributes: Any) -> QueueInfo:
+        """Change attributes of an existing queue: ack_mode, receive_wait_ms, dead_letter_queue, max_receives,
+        max_messages, max_message_bytes, retention_ms, visibility_timeout_ms, delay_ms, dedup_window_ms (None:
+        back to the default). Its messages stay; the partitions apply the change within about a second. The
+        attributes left out keep their values; partitions, replication and fifo cannot change."""
+        description = await self._router.call_any("update_queue", {"name": name, "attributes": attributes})
+        self._router.forget(name)  # its cached attributes are older
         return QueueInfo.from_wire(description)
 
     async def delete_queue(self, name: str) -> None:
@@ -242,11 +252,14 @@ class AsyncClient:
         args: dict[str, Any] = {"queue": queue, "max_messages": max_messages,
                                 "wait_ms": int(round(wait_seconds * 1000))}
         route = await self._router.route(queue)
-        if visibility_timeout is not None:
-            args["visibility_timeout_ms"] = int(round(visibility_timeout * 1000))
-            visibility = visibility_timeout
+        # Always explicit: the lease the node grants is then the one the lease keeper times its extensions by,
+        # even while this client's copy of the queue's attributes is older than an update_queue.
+        if visibility_timeout is None:
+            visibility_ms = route.attributes.get("visibility_timeout_ms", DEFAULT_VISIBILITY_MS)
         else:
-            visibility = route.attributes.get("visibility_timeout_ms", 30_000) / 1000
+            visibility_ms = int(round(visibility_timeout * 1000))
+        args["visibility_timeout_ms"] = visibility_ms
+        visibility = visibility_ms / 1000
         timeout = self._router.request_timeout + wait_seconds + RECEIVE_MARGIN
         deadline = time.monotonic() + self._router.retry_seconds + wait_seconds
         raw = await self._router.on_partition(queue, None, "receive", args, timeout=timeout, deadline=deadline)

@@ -105,6 +105,9 @@ class Client:
     def create_queue(self, name: str, **attributes: Any) -> QueueInfo:
         return self._run(self._async.create_queue(name, **attributes))
 
+    def update_queue(self, name: str, **attributes: Any) -> QueueInfo:
+        return self._run(self._async.update_queue(name, **attributes))
+
     def delete_queue(self, name: str) -> None:
         self._run(self._async.delete_queue(name))
 

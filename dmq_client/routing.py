@@ -25,6 +25,7 @@ BACKOFF_FIRST = 0.02  # seconds; doubles per failed attempt
 BACKOFF_MAX = 1.0
 MAX_ATTEMPTS = 1_000  # a bound on any retry loop, besides its deadline
 LEADERLESS_RECHECK = 0.5  # seconds: how soon a route that named a partition without a leader is looked up again
+ROUTE_MAX_AGE = 30.0  # seconds: a route is looked up again this often (leaders move, update_queue changes attributes)
 
 
 @dataclass
@@ -162,14 +163,17 @@ class Router:
         if route is None or refresh:
             description = await self.call_any("lookup", {"name": queue})
             route = self._routes[queue] = QueueRoute.from_description(description)
-        elif None in route.leaders and time.monotonic() - route.fetched_at >= LEADERLESS_RECHECK:
-            self._recheck(queue, route)
+        else:
+            age = time.monotonic() - route.fetched_at
+            if age >= ROUTE_MAX_AGE or (age >= LEADERLESS_RECHECK and None in route.leaders):
+                self._recheck(queue, route)
         return route
 
     def _recheck(self, queue: str, route: QueueRoute) -> None:
         """Look a route up again in the background. Unkeyed sends only go to partitions with a known leader, and
         requests to those succeed: without this, a partition seen leaderless during an election would get no
-        unkeyed traffic until some error refreshed the route."""
+        unkeyed traffic until some error refreshed the route, and a long-lived client would never see a change of
+        the queue's attributes."""
         route.fetched_at = time.monotonic()  # one lookup per interval, however many requests pass by
 
         async def lookup() -> None:

@@ -333,64 +333,101 @@ def _ms(seconds: float | None) -> int | None:
 
 @click.group("queue")
 def queue_group() -> None:
-    """Create, list, describe, delete and purge queues."""
+    """Create, update, list, describe, delete and purge queues."""
 
 
 _SECONDS = click.FloatRange(min=0)
+
+
+def _changeable_options(command: Any) -> Any:
+    """The options of the attributes update_queue can change, shared by `queue create` and `queue update`."""
+    options = [
+        click.option("--max-messages", type=click.IntRange(min=1),
+                     help="Messages the queue holds, split over its partitions (default 1,000,000)."),
+        click.option("--max-message-bytes", type=click.IntRange(min=1),
+                     help="Largest message: body + encoded attributes (default 262,144)."),
+        click.option("--visibility-timeout", type=_SECONDS, metavar="SECONDS",
+                     help="How long a received message stays invisible (default 30)."),
+        click.option("--retention", type=_SECONDS, metavar="SECONDS",
+                     help="How long a message is kept (default 4 days)."),
+        click.option("--delay", type=_SECONDS, metavar="SECONDS", help="Delay of every new message (default 0)."),
+        click.option("--receive-wait", type=_SECONDS, metavar="SECONDS",
+                     help="Long poll of a receive that gives no wait (default 0, at most 20)."),
+        click.option("--dead-letter-queue", metavar="NAME", help="Where messages received --max-receives times go."),
+        click.option("--max-receives", type=click.IntRange(min=0),
+                     help="Receives after which a message is dead-lettered (needs --dead-letter-queue)."),
+        click.option("--ack-mode", type=click.Choice(["quorum", "leader"]),
+                     help="When a send is acknowledged: once a majority (quorum, the default) or the leader has it "
+                          "on disk."),
+        click.option("--dedup-window", type=_SECONDS, metavar="SECONDS",
+                     help="How long dedup ids and batch ids are remembered (default 300)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _changeable_attributes(options: dict[str, Any]) -> dict[str, Any]:
+    """Protocol attributes from the options given (times sent as ms); those not given are left out."""
+    attributes = {
+        "max_messages": options["max_messages"], "max_message_bytes": options["max_message_bytes"],
+        "visibility_timeout_ms": _ms(options["visibility_timeout"]), "retention_ms": _ms(options["retention"]),
+        "delay_ms": _ms(options["delay"]), "receive_wait_ms": _ms(options["receive_wait"]),
+        "dead_letter_queue": options["dead_letter_queue"], "max_receives": options["max_receives"],
+        "ack_mode": options["ack_mode"], "dedup_window_ms": _ms(options["dedup_window"]),
+    }
+    return {name: value for name, value in attributes.items() if value is not None}
+
+
+def _print_queue(info: QueueInfo, as_json: bool, done: str) -> None:
+    if as_json:
+        click.echo(_dumps(queue_info_dict(info), indent=2))
+    else:
+        count = len(info.partitions)
+        click.echo(f"{done} queue {info.name} (id {info.id}, {count} partition{'s' * (count != 1)})")
 
 
 @queue_group.command("create")
 @click.argument("name")
 @click.option("--partitions", type=click.IntRange(min=1), help="Partitions (default 1).")
 @click.option("--fifo", is_flag=True, default=None, help="FIFO delivery per message group.")
-@click.option("--max-messages", type=click.IntRange(min=1),
-              help="Messages the queue holds, split over its partitions (default 1,000,000).")
-@click.option("--max-message-bytes", type=click.IntRange(min=1),
-              help="Largest message: body + encoded attributes (default 262,144).")
-@click.option("--visibility-timeout", type=_SECONDS, metavar="SECONDS",
-              help="How long a received message stays invisible (default 30).")
-@click.option("--retention", type=_SECONDS, metavar="SECONDS",
-              help="How long a message is kept (default 4 days).")
-@click.option("--delay", type=_SECONDS, metavar="SECONDS", help="Delay of every new message (default 0).")
-@click.option("--receive-wait", type=_SECONDS, metavar="SECONDS",
-              help="Long poll of a receive that gives no wait (default 0, at most 20).")
-@click.option("--dead-letter-queue", metavar="NAME", help="Where messages received --max-receives times go.")
-@click.option("--max-receives", type=click.IntRange(min=0),
-              help="Receives after which a message is dead-lettered (needs --dead-letter-queue).")
 @click.option("--replication", type=click.IntRange(min=1),
               help="Replicas per partition: 1, 3 or 5 (default 3 on clusters of 3 or more nodes, else 1).")
-@click.option("--ack-mode", type=click.Choice(["quorum", "leader"]),
-              help="When a send is acknowledged: once a majority (quorum, the default) or the leader has it "
-                   "on disk.")
-@click.option("--dedup-window", type=_SECONDS, metavar="SECONDS",
-              help="How long dedup ids and batch ids are remembered (default 300).")
+@_changeable_options
 @_JSON_OPTION
 @with_client
-def queue_create(client: Client, name: str, partitions: int | None, fifo: bool | None,
-                 max_messages: int | None, max_message_bytes: int | None, visibility_timeout: float | None,
-                 retention: float | None, delay: float | None, receive_wait: float | None,
-                 dead_letter_queue: str | None, max_receives: int | None, replication: int | None,
-                 ack_mode: str | None, dedup_window: float | None, as_json: bool) -> None:
+def queue_create(client: Client, name: str, partitions: int | None, fifo: bool | None, replication: int | None,
+                 as_json: bool, **options: Any) -> None:
     """Create queue NAME. Options left out take the cluster's defaults; times are in seconds (sent as ms).
     Creating an existing queue with the same attributes succeeds and changes nothing; with other attributes it
-    fails with QueueAlreadyExists."""
-    if dead_letter_queue is not None and not max_receives:
+    fails with QueueAlreadyExists (`dmq queue update` changes them)."""
+    if options["dead_letter_queue"] is not None and not options["max_receives"]:
         raise click.UsageError("--dead-letter-queue needs --max-receives N (N >= 1)")
-    if max_receives and dead_letter_queue is None:
+    if options["max_receives"] and options["dead_letter_queue"] is None:
         raise click.UsageError("--max-receives needs --dead-letter-queue NAME")
-    attributes = {
-        "partitions": partitions, "fifo": fifo, "max_messages": max_messages,
-        "max_message_bytes": max_message_bytes, "visibility_timeout_ms": _ms(visibility_timeout),
-        "retention_ms": _ms(retention), "delay_ms": _ms(delay), "receive_wait_ms": _ms(receive_wait),
-        "dead_letter_queue": dead_letter_queue, "max_receives": max_receives, "replication": replication,
-        "ack_mode": ack_mode, "dedup_window_ms": _ms(dedup_window),
-    }
-    info = client.create_queue(name, **{k: v for k, v in attributes.items() if v is not None})
-    if as_json:
-        click.echo(_dumps(queue_info_dict(info), indent=2))
-    else:
-        count = len(info.partitions)
-        click.echo(f"created queue {info.name} (id {info.id}, {count} partition{'s' * (count != 1)})")
+    fixed = {"partitions": partitions, "fifo": fifo, "replication": replication}
+    attributes = {**{k: v for k, v in fixed.items() if v is not None}, **_changeable_attributes(options)}
+    _print_queue(client.create_queue(name, **attributes), as_json, "created")
+
+
+@queue_group.command("update")
+@click.argument("name")
+@_changeable_options
+@click.option("--no-dead-letter-queue", is_flag=True,
+              help="Stop dead-lettering: clears the dead-letter queue and max receives.")
+@_JSON_OPTION
+@with_client
+def queue_update(client: Client, name: str, no_dead_letter_queue: bool, as_json: bool, **options: Any) -> None:
+    """Change attributes of queue NAME; those not given keep their values, and its messages stay. The
+    partitions apply the change within about a second. Partitions, replication and FIFO cannot change."""
+    attributes: dict[str, Any] = _changeable_attributes(options)
+    if no_dead_letter_queue:
+        if "dead_letter_queue" in attributes or "max_receives" in attributes:
+            raise click.UsageError("--no-dead-letter-queue excludes --dead-letter-queue and --max-receives")
+        attributes.update(dead_letter_queue=None, max_receives=None)
+    if not attributes:
+        raise click.UsageError("give at least one attribute to change (see --help)")
+    _print_queue(client.update_queue(name, **attributes), as_json, "updated")
 
 
 @queue_group.command("list")

@@ -34,7 +34,7 @@ from dmq_server.raft.group import GroupSpec, GroupTimings, PartitionGroup
 from dmq_server.raft.host import RaftHost
 from dmq_server.raft.log import LogSpace, RaftLog
 from dmq_server.store import StoreOptions
-from dmq_server.store.config import INT_RANGES, QueueConfig
+from dmq_server.store.config import partition_config
 from dmq_server.store.limits import MAX_ATTRIBUTES
 from dmq_server.store.partition import PartitionStoreFactory
 
@@ -56,14 +56,6 @@ HOUSEKEEPING_SECONDS = 0.25
 REBALANCE_SECONDS = 5.0  # a partition's leadership is handed to its preferred replica at most this often
 DEAD_LETTER_BATCH = 100
 STOP_STEP_DOWN_SECONDS = 3.0
-
-
-def initial_queue_config(attrs: dict[str, Any], partitions: int) -> QueueConfig:
-    """A partition's store configuration from its queue's attributes; max_messages is the queue's, split."""
-    values = {name: attrs[name] for name in ("fifo", *INT_RANGES) if name in attrs}
-    if "max_messages" in values:
-        values["max_messages"] = max(1, -(-values["max_messages"] // partitions))
-    return QueueConfig.from_dict({**QueueConfig().to_dict(), **values})
 
 
 class Node:
@@ -270,8 +262,10 @@ class Node:
         peers = tuple(str(config.node(node).raft) for node in replicas if node != config.node_id)
         spec = GroupSpec(group_id, str(config.raft_address), peers,
                          os.path.join(config.data_dir, "partitions", group_id), self._timings())
-        factory = PartitionStoreFactory(self.store_options,
-                                        initial_queue_config(record["attrs"], len(record["partitions"])))
+        # The attributes the queue was created with, not its current ones: a replica that starts its store now
+        # replays the log from the start, and the changes since are configure commands in that log.
+        initial = record.get("initial_attrs", record["attrs"])
+        factory = PartitionStoreFactory(self.store_options, partition_config(initial, len(record["partitions"])))
         log.info("hosting partition %d of queue %s (%s) with %s", index, record["name"], group_id, list(replicas))
         return PartitionGroup(spec, host=self.host, store_factory=factory, log_space=self.log_space)
 
@@ -324,8 +318,13 @@ class Node:
                 if result["returned"] or result["due"]:
                     local.wake()
             record = view.queues.get(local.queue_name)
-            if record is None:
+            if record is None or record["id"] != local.queue_id:
                 continue
+            try:
+                await local.follow_attributes(record["attrs"], len(record["partitions"]))
+            except RequestError as exc:  # this partition's leader changed or stalled: the next round retries
+                log.debug("applying the attributes of %s to partition %d: %s", record["name"], local.partition,
+                          exc.message)
             if (await local.stats())["dead_letters"]:
                 await self._move_dead_letters(local, record)
             self._rebalance(local, record, liveness)

@@ -46,7 +46,7 @@ class PartitionBatcher:
                  leader_hint: Callable[[], str | None], max_in_flight: int = 2) -> None:
         self._loop = loop
         self._group = group
-        self._ack = ack
+        self.ack = ack  # of sends; the queue's ack_mode, which update_queue may change
         self._leader_hint = leader_hint
         self._max_in_flight = max_in_flight
         self._pending: dict[tuple[str, Any], _Batch] = {}
@@ -116,7 +116,7 @@ class PartitionBatcher:
                 command["batches"] = batch.segments
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
         # Reads must see their own effects: receives and deletes wait for the commit even in leader-ack mode.
-        ack = self._ack if batch.op == "enqueue" else AckMode.QUORUM
+        ack = self.ack if batch.op == "enqueue" else AckMode.QUORUM
         handle = self._loop.call_later(COMMIT_TIMEOUT, self._timed_out, key, batch)
         try:
             self._group.submit(command, lambda outcome: self._loop.call_soon_threadsafe(

@@ -173,6 +173,32 @@ class Broker:
         await self._wait_for_leaders(record)
         return self._describe(record)
 
+    async def _update_queue(self, request: rq.UpdateQueue, identity: Identity, principal: str,
+                            forwarded: bool) -> Any:
+        args = {"name": request.name, "attributes": dict(request.changes)}
+        remote = await self._at_metadata_leader("update_queue", args, principal, forwarded)
+        if remote is not None:
+            return remote
+        group = self.topology.metadata_group
+        if group is None:
+            raise RequestError(ErrorCode.UNAVAILABLE, "metadata leadership moved; retry")
+        # The leader's own state, which may be ahead of this node's view: the update is computed from it, and the
+        # metadata store refuses it (QueueChanged, retried by clients) if another update commits first.
+        record = group.query(lambda store: store.get_queue(request.name))
+        if record is None:
+            raise RequestError(ErrorCode.QUEUE_NOT_FOUND, f"queue {request.name!r} does not exist")
+        attrs = rq.updated_attributes(record["attrs"], request.changes)
+        target = attrs.get("dead_letter_queue")
+        if target == request.name:
+            raise rq.invalid("a queue cannot be its own dead-letter queue")
+        if target is not None and group.query(lambda store: store.get_queue(target)) is None:
+            raise RequestError(ErrorCode.QUEUE_NOT_FOUND, f"dead-letter queue {target!r} does not exist; create "
+                                                          "it first")
+        if attrs != record["attrs"]:
+            record = await self.metadata_submit({"op": "update_queue", "now": _now_ms(), "name": request.name,
+                                                 "id": record["id"], "attrs": attrs, "previous": record["attrs"]})
+        return self._describe(record)
+
     async def _wait_for_leaders(self, record: dict[str, Any]) -> None:
         deadline = time.monotonic() + LEADER_WAIT_SECONDS
         groups = [partition_group_id(record["id"], p) for p in range(len(record["partitions"]))]
@@ -697,6 +723,7 @@ class Broker:
     }
     _handlers: dict[type, Callable[..., Awaitable[Any]]] = {
         rq.CreateQueue: _create_queue,
+        rq.UpdateQueue: _update_queue,
         rq.Send: _send,
         rq.Receive: _receive,
         rq.Peek: _peek,

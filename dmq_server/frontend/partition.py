@@ -12,7 +12,7 @@ from dmq_client.protocol import ErrorCode
 from dmq_server.raft.group import AckMode, PartitionGroup, RaftUnavailable
 from dmq_server.store import CommandError
 from dmq_server.store import commands as store_commands
-from dmq_server.store.config import QueueConfig
+from dmq_server.store.config import QueueConfig, partition_config
 from dmq_server.store.errors import BATCH_MISMATCH
 
 from .batcher import COMMIT_TIMEOUT, PartitionBatcher
@@ -46,6 +46,9 @@ class LocalPartition:
         self.batcher.on_enqueued = self.wake
         self._waiters: set[asyncio.Future[bool]] = set()
         self.config = QueueConfig.from_dict(group.query(lambda store: store.config()))
+        # What follow_attributes last brought the partition to, and from which attributes.
+        self._followed: QueueConfig | None = None
+        self._followed_attrs: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ long polls
 
@@ -200,6 +203,25 @@ class LocalPartition:
         peeked = self.group.query(lambda store: store.peek(count, max_bytes, after))
         return [{**self._shown(message), "state": message["state"], "visible_at": message["visible_at"]}
                 for message in peeked]
+
+    async def follow_attributes(self, attrs: dict[str, Any], partitions: int) -> None:
+        """Bring the partition to its queue's attributes, which update_queue may have changed: the ack mode of
+        sends, here, and the store's configuration through a configure command, so that every replica changes
+        it at the same point of its log. Called every housekeeping round: cheap while `attrs` is the same map."""
+        if attrs is self._followed_attrs:
+            return
+        self.batcher.ack = AckMode(attrs.get("ack_mode", "quorum"))
+        wanted = partition_config(attrs, partitions)
+        if wanted != self._followed:
+            await self._caught_up()  # the configuration in place includes every committed change
+            current = QueueConfig.from_dict(self.group.query(lambda store: store.config()))
+            changes = {name: value for name, value in wanted.to_dict().items()
+                       if name != "fifo" and getattr(current, name) != value}  # fifo never changes
+            if changes:
+                current = QueueConfig.from_dict(await self.command({"op": "configure", "now": _now_ms(),
+                                                                    "attrs": changes}))
+            self.config = self._followed = current
+        self._followed_attrs = attrs
 
     async def _caught_up(self) -> None:
         """Wait until this leader's state holds everything committed: a leader new in its term may not yet, and

@@ -35,7 +35,8 @@ class RequestError(Exception):
 
 # Codes of the Raft group and the store that the protocol names differently.
 _INNER_CODES = {"InvalidCommand": ErrorCode.INVALID_REQUEST, "CommandTooLarge": ErrorCode.INVALID_REQUEST,
-                "UnknownOperation": ErrorCode.INTERNAL}
+                "UnknownOperation": ErrorCode.INTERNAL,
+                "QueueChanged": ErrorCode.UNAVAILABLE}  # an update raced another one: computed again on retry
 
 
 def error_code(code: str) -> ErrorCode:
@@ -74,6 +75,12 @@ class QueueAttributes:
 class CreateQueue:
     name: str
     attributes: QueueAttributes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UpdateQueue:
+    name: str
+    changes: tuple[tuple[str, Any], ...]  # (attribute, new value or None for its default), sorted
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -245,42 +252,72 @@ def _receipt(value: Any) -> Receipt | None:
 
 # ---------------------------------------------------------------------------------------------- operations
 
+# Attributes fixed when a queue is created: they decide where its data lives and how it is ordered.
+FIXED_ATTRIBUTES = ("partitions", "replication", "fifo")
+CHANGEABLE_ATTRIBUTES = ("ack_mode", "receive_wait_ms", "dead_letter_queue", *store_config.INT_RANGES)
+
+
 def parse_attributes(value: Any, *, max_partitions: int) -> QueueAttributes:
+    attributes = _attribute_fields(value, max_partitions=max_partitions)
+    if dict(attributes.store).get("max_receives") and attributes.dead_letter_queue is None:
+        raise invalid("'max_receives' needs a 'dead_letter_queue' to move messages to")
+    if attributes.dead_letter_queue is not None and not dict(attributes.store).get("max_receives"):
+        raise invalid("a 'dead_letter_queue' needs 'max_receives' (1 to 1000): receives before a message moves")
+    return attributes
+
+
+def _attribute_fields(value: Any, *, max_partitions: int) -> QueueAttributes:
+    """Each attribute checked alone; null (or absent) is the default."""
     if value is not None and not isinstance(value, dict):
         raise invalid("'attributes' must be a map")
     values = _args(value)
-    known = ("partitions", "replication", "ack_mode", "receive_wait_ms", "dead_letter_queue", "fifo",
-             *store_config.INT_RANGES)
-    _only(values, "attributes", known)
+    _only(values, "attributes", (*FIXED_ATTRIBUTES, *CHANGEABLE_ATTRIBUTES))
     replication = values.get("replication")
     if replication is not None and (type(replication) is not int or replication not in REPLICATION_FACTORS):
         raise invalid("'replication' must be 1, 3 or 5")
-    ack_mode = values.get("ack_mode", "quorum")
-    if ack_mode not in ACK_MODES:
+    ack_mode = values.get("ack_mode")
+    if ack_mode is not None and ack_mode not in ACK_MODES:
         raise invalid("'ack_mode' must be 'quorum' (acknowledged once a majority has it on disk) or 'leader'")
     dead_letter_queue = values.get("dead_letter_queue")
     if dead_letter_queue is not None:
         queue_name(dead_letter_queue, "dead_letter_queue")
     store: dict[str, Any] = {}
-    if "fifo" in values:
+    if values.get("fifo") is not None:
         if not isinstance(values["fifo"], bool):
             raise invalid("'fifo' must be true or false")
         store["fifo"] = values["fifo"]
     for name, (low, high) in store_config.INT_RANGES.items():
-        if values.get(name) is not None:  # null: the default, as for 'partitions' etc.
+        if values.get(name) is not None:
             store[name] = _int(values, name, low, high)
-    if store.get("max_receives") and dead_letter_queue is None:
-        raise invalid("'max_receives' needs a 'dead_letter_queue' to move messages to")
-    if dead_letter_queue is not None and not store.get("max_receives"):
-        raise invalid("a 'dead_letter_queue' needs 'max_receives' (1 to 1000): receives before a message moves")
     return QueueAttributes(
         partitions=_int(values, "partitions", 1, max_partitions, 1) or 1,
         replication=replication,
-        ack_mode=ack_mode,
+        ack_mode=ack_mode or "quorum",
         receive_wait_ms=_int(values, "receive_wait_ms", 0, MAX_WAIT_MS, 0) or 0,
         dead_letter_queue=dead_letter_queue,
         store=tuple(sorted(store.items())),
     )
+
+
+def parse_attribute_changes(value: Any) -> tuple[tuple[str, Any], ...]:
+    """update_queue's attributes: the changeable ones, each checked alone (null: back to the default). How they
+    combine with the queue's other attributes is checked by `updated_attributes`."""
+    if not isinstance(value, dict) or not value:
+        raise invalid("'attributes' must be a map of at least one attribute to change")
+    fixed = sorted(str(name) for name in value if name in FIXED_ATTRIBUTES)
+    if fixed:
+        raise invalid(f"{', '.join(map(repr, fixed))} cannot change once a queue exists; create another queue")
+    _attribute_fields(value, max_partitions=1)
+    return tuple(sorted(value.items()))
+
+
+def updated_attributes(current: dict[str, Any], changes: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    """A queue's stored attributes with `changes` applied, in the form create_queue stores them, checked whole."""
+    merged = {name: value for name, value in {**current, **dict(changes)}.items() if value is not None}
+    attributes = parse_attributes(merged, max_partitions=max(1, int(current.get("partitions", 1))))
+    attrs = attributes.to_dict()
+    attrs["replication"] = current.get("replication")
+    return attrs
 
 
 def _message(value: Any) -> OutgoingMessage:
@@ -368,6 +405,9 @@ def parse(op: Any, raw_args: Any, *, max_partitions: int = 64) -> Any:
         _only(args, op, ("name", "attributes"))
         return CreateQueue(queue_name(args.get("name"), "name"),
                            parse_attributes(args.get("attributes"), max_partitions=max_partitions))
+    if op == "update_queue":
+        _only(args, op, ("name", "attributes"))
+        return UpdateQueue(queue_name(args.get("name"), "name"), parse_attribute_changes(args.get("attributes")))
     if op in ("delete_queue", "get_queue", "lookup"):
         _only(args, op, ("name",))
         return QueueOp(op, queue_name(args.get("name"), "name"))
@@ -392,12 +432,12 @@ def parse(op: Any, raw_args: Any, *, max_partitions: int = 64) -> Any:
     raise RequestError(ErrorCode.UNKNOWN_OPERATION, f"unknown operation {_shown(op)}; operations: {known}")
 
 
-OPERATIONS = ("create_queue", "delete_queue", "get_queue", "list_queues", "purge_queue", "send", "receive",
-              "peek", "delete", "change_visibility", "redrive", "lookup", "cluster_status")
+OPERATIONS = ("create_queue", "update_queue", "delete_queue", "get_queue", "list_queues", "purge_queue", "send",
+              "receive", "peek", "delete", "change_visibility", "redrive", "lookup", "cluster_status")
 
 # The permission each operation needs on its queue ("admin", "send" or "receive"); None: any principal.
 PERMISSION = {
-    "create_queue": "admin", "delete_queue": "admin", "get_queue": None, "purge_queue": "admin",
-    "send": "send", "receive": "receive", "peek": "receive", "delete": "receive", "change_visibility": "receive",
+    "create_queue": "admin", "update_queue": "admin", "delete_queue": "admin", "purge_queue": "admin",
+    "get_queue": None, "send": "send", "receive": "receive", "peek": "receive", "delete": "receive", "change_visibility": "receive",
     "redrive": "admin", "lookup": None, "list_queues": None, "cluster_status": None,
 }

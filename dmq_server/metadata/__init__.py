@@ -1,6 +1,6 @@
 """The metadata group's state machine: queue definitions, node liveness and who leads which group."""
 
-from .errors import QueueAlreadyExists, QueueNotFound, TooManyNodes, TooManyQueues
+from .errors import QueueAlreadyExists, QueueChanged, QueueNotFound, TooManyNodes, TooManyQueues
 from .naming import is_queue_name, partition_group_id
 from .placement import place_partitions
 from .store import MetadataStore, MetadataStoreFactory
@@ -9,6 +9,7 @@ __all__ = [
     "MetadataStore",
     "MetadataStoreFactory",
     "QueueAlreadyExists",
+    "QueueChanged",
     "QueueNotFound",
     "TooManyNodes",
     "TooManyQueues",

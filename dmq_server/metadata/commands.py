@@ -69,6 +69,18 @@ def parse_create_queue(command: dict[str, Any]) -> NewQueue:
     return NewQueue(name, attrs, partitions, max_queues)
 
 
+class QueueUpdate(NamedTuple):
+    name: str
+    queue_id: int
+    attrs: dict[Any, Any]
+    previous: dict[Any, Any]  # the attributes `attrs` was computed from
+
+
+def parse_update_queue(command: dict[str, Any]) -> QueueUpdate:
+    return QueueUpdate(queue_name(command), int_field(command.get("id"), "'id'", 1, 2**63 - 1),
+                       _attrs(command.get("attrs")), _attrs(command.get("previous")))
+
+
 def parse_heartbeat(command: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
     """The node and the sorted, distinct group ids it leads."""
     node = _identifier(command.get("node"), "'node'")

@@ -15,6 +15,12 @@ class QueueNotFound(CommandError):
     code = "QueueNotFound"
 
 
+class QueueChanged(CommandError):
+    """An update computed from attributes that another update has changed since."""
+
+    code = "QueueChanged"
+
+
 class TooManyQueues(CommandError):
     code = "TooManyQueues"
 

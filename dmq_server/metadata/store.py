@@ -20,7 +20,7 @@ from dmq_server.store.db import replace_with_checkpoint, unsynced_writes
 from dmq_server.store.errors import CommandError
 
 from . import commands, limits
-from .errors import QueueAlreadyExists, QueueNotFound, TooManyNodes, TooManyQueues
+from .errors import QueueAlreadyExists, QueueChanged, QueueNotFound, TooManyNodes, TooManyQueues
 
 FORMAT_VERSION = 1
 # Keys: one meta record, then one record per queue (by name) and per node (by id).
@@ -33,7 +33,7 @@ _NODE = b"N"
 class _Meta:
     applied: int = 0  # last Raft index applied
     last_now: int = 0  # effective time never moves backwards
-    version: int = 0  # index of the last create or delete of a queue
+    version: int = 0  # index of the last create, update or delete of a queue
     leaders_version: int = 0  # index of the last change of a node's leading list
     next_queue_id: int = 1  # queue ids are never reused
 
@@ -107,6 +107,7 @@ class MetadataStore:
                 self._nodes[name] = NodeRecord.decode(value)
         self._handlers: dict[str, Callable[[_Changes, dict[str, Any], int], Any]] = {
             "create_queue": self._create_queue,
+            "update_queue": self._update_queue,
             "delete_queue": self._delete_queue,
             "heartbeat": self._heartbeat,
         }
@@ -177,6 +178,23 @@ class MetadataStore:
                   "created_at": now, "version": meta.applied}
         changes.meta = dataclasses.replace(meta, version=meta.applied, next_queue_id=meta.next_queue_id + 1)
         changes.queues[new.name] = msgpack.packb(record)
+        return record
+
+    def _update_queue(self, changes: _Changes, command: dict[str, Any], now: int) -> dict[str, Any]:
+        update = commands.parse_update_queue(command)
+        existing = self._queues.get(update.name)
+        record = None if existing is None else msgpack.unpackb(existing)
+        if record is None or record["id"] != update.queue_id:
+            raise QueueNotFound(f"no queue named {update.name!r} (it may have been deleted meanwhile)")
+        if record["attrs"] != update.previous:
+            raise QueueChanged(f"the attributes of queue {update.name!r} changed since this update was computed; "
+                               "retry")
+        # What its partitions were created with: a replica started later begins there and replays the changes.
+        record.setdefault("initial_attrs", record["attrs"])
+        record["attrs"] = update.attrs
+        record["updated_at"] = now
+        changes.meta = dataclasses.replace(changes.meta, version=changes.meta.applied)
+        changes.queues[update.name] = msgpack.packb(record)
         return record
 
     def _delete_queue(self, changes: _Changes, command: dict[str, Any], now: int) -> dict[str, Any]:

@@ -40,6 +40,15 @@ INT_RANGES: dict[str, tuple[int, int]] = {
 }
 
 
+def partition_config(attrs: dict[str, Any], partitions: int) -> QueueConfig:
+    """A partition's configuration from its queue's attributes (the frontend's map, which holds more than the
+    store's): attributes left out take their defaults, and max_messages is the queue's, split over partitions."""
+    values = {name: attrs[name] for name in ("fifo", *INT_RANGES) if attrs.get(name) is not None}
+    if "max_messages" in values:
+        values["max_messages"] = max(1, -(-values["max_messages"] // partitions))
+    return QueueConfig.from_dict({**QueueConfig().to_dict(), **values})
+
+
 def updated_config(current: QueueConfig, attrs: Any, *, ever_had_messages: bool) -> QueueConfig:
     """Validate a `configure` update and return the new configuration; raise InvalidCommand otherwise."""
     if not isinstance(attrs, dict):

@@ -155,6 +155,35 @@ def test_queue_create_maps_every_option(dmq: LocalCluster) -> None:
                "--max-receives", "1"), 3, "QueueNotFound")
 
 
+def test_queue_update_maps_every_option_and_keeps_the_rest(dmq: LocalCluster) -> None:
+    dlq, name = fresh("dlq"), fresh("upd")
+    ok(run(dmq, "queue", "create", dlq))
+    ok(run(dmq, "queue", "create", name, "--partitions", "2", "--fifo", "--max-messages", "100"))
+    result = ok(run(dmq, "queue", "update", name, "--max-messages", "5000", "--max-message-bytes", "2048",
+                    "--visibility-timeout", "5", "--retention", "3600", "--delay", "0.5", "--receive-wait", "2",
+                    "--dead-letter-queue", dlq, "--max-receives", "3", "--ack-mode", "leader",
+                    "--dedup-window", "60", "--json"))
+    attributes = json.loads(result.stdout)["attributes"]
+    expected = {"partitions": 2, "fifo": True, "max_messages": 5000, "max_message_bytes": 2048,
+                "visibility_timeout_ms": 5000, "retention_ms": 3_600_000, "delay_ms": 500,
+                "receive_wait_ms": 2000, "dead_letter_queue": dlq, "max_receives": 3, "ack_mode": "leader",
+                "dedup_window_ms": 60_000}
+    assert {k: attributes[k] for k in expected} == expected
+    assert ok(run(dmq, "queue", "update", name, "--visibility-timeout", "7")).stdout.startswith(
+        f"updated queue {name} (id ")
+    described = json.loads(ok(run(dmq, "queue", "describe", name, "--json")).stdout)["attributes"]
+    assert described == {**attributes, "visibility_timeout_ms": 7000}  # the others kept
+    cleared = json.loads(ok(run(dmq, "queue", "update", name, "--no-dead-letter-queue", "--json")).stdout)
+    assert cleared["attributes"]["dead_letter_queue"] is None and "max_receives" not in cleared["attributes"]
+    # usage errors (exit 2): nothing to change, a fixed attribute, contradictory options
+    assert run(dmq, "queue", "update", name).exit_code == 2
+    assert run(dmq, "queue", "update", name, "--partitions", "3").exit_code == 2
+    assert run(dmq, "queue", "update", name, "--no-dead-letter-queue", "--max-receives", "2").exit_code == 2
+    # the node checks the queue's attributes whole: InvalidRequest, exit 1; a missing queue: exit 3
+    failed(run(dmq, "queue", "update", name, "--max-receives", "2"), 1, "InvalidRequest")
+    failed(run(dmq, "queue", "update", fresh("missing"), "--delay", "1"), 3, "QueueNotFound")
+
+
 def test_queue_list_and_describe(dmq: LocalCluster) -> None:
     prefix = fresh("listing")
     names = [f"{prefix}-{i}" for i in range(3)]

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from dmq_client import (AsyncClient, BatchError, Client, InvalidRequest, MessageTooLarge, QueueAlreadyExists,
-                        QueueFull, QueueInfo, QueueNotFound, ReceiptExpired, SendEntry, Timeout)
+from dmq_client import (AsyncClient, BatchError, Client, InvalidRequest, Message, MessageTooLarge,
+                        QueueAlreadyExists, QueueFull, QueueInfo, QueueNotFound, ReceiptExpired, SendEntry, Timeout)
 from dmq_client.routing import QueueRoute
 from dmq_client.testing import LocalCluster, cluster
 
@@ -230,6 +230,103 @@ def test_delay_and_visibility_timeout(client: Client) -> None:
     assert isinstance(stale.value.errors[0], ReceiptExpired)
     second.delete()
     message.delete()
+
+
+def test_update_queue_changes_a_live_queue_and_keeps_its_messages(client: Client) -> None:
+    name, dlq = fresh("upd"), fresh("upd-dlq")
+    client.create_queue(dlq)
+    created = client.create_queue(name, partitions=2, max_message_bytes=1_000, visibility_timeout_ms=30_000)
+    client.send_batch(name, [b"old-%d" % i for i in range(4)])
+    client.send(name, b"x" * 500)  # fits the limit it was created with
+    info = client.update_queue(name, max_message_bytes=100, visibility_timeout_ms=1_000, dead_letter_queue=dlq,
+                               max_receives=1)
+    assert info.id == created.id and len(info.partitions) == 2
+    assert {k: info.attributes[k] for k in ("max_message_bytes", "visibility_timeout_ms", "dead_letter_queue",
+                                            "max_receives")} == {"max_message_bytes": 100,
+                                                                 "visibility_timeout_ms": 1_000,
+                                                                 "dead_letter_queue": dlq, "max_receives": 1}
+    assert client.get_queue(name).attributes == info.attributes
+    assert client.update_queue(name, max_message_bytes=100).attributes == info.attributes  # no change: no-op
+
+    sent_late = 0
+
+    def refused_as_too_large() -> bool:  # each partition applies the change within about a second
+        nonlocal sent_late
+        try:
+            client.send(name, b"y" * 500)
+        except MessageTooLarge:
+            return True
+        sent_late += 1
+        return False
+
+    deadline = time.monotonic() + 10
+    refusals = 0
+    while refusals < 4 and time.monotonic() < deadline:  # several in a row: sends spread over both partitions
+        refusals = refusals + 1 if refused_as_too_large() else 0
+    assert refusals == 4
+    # Every message sent before is still there. Received and not deleted, each is dead-lettered when its new
+    # 1 s lease runs out (max_receives 1).
+    held: list[Message] = []
+    deadline = time.monotonic() + 10
+    while len(held) < 5 + sent_late and time.monotonic() < deadline:
+        held += client.receive(name, max_messages=10, wait_seconds=1)
+    bodies = sorted(m.body for m in held)
+    assert bodies == sorted([b"old-%d" % i for i in range(4)] + [b"x" * 500] + [b"y" * 500] * sent_late)
+    assert {m.visibility_timeout for m in held} == {1.0}
+    moved: list[bytes] = []
+    deadline = time.monotonic() + 15
+    while len(moved) < len(held) and time.monotonic() < deadline:
+        batch = client.receive(dlq, max_messages=10, wait_seconds=1)
+        moved += [m.body for m in batch]
+        if batch:
+            client.delete_batch(dlq, [m.receipt for m in batch])
+    assert sorted(moved) == bodies
+
+    cleared = client.update_queue(name, dead_letter_queue=None, max_receives=None)
+    assert "max_receives" not in cleared.attributes and cleared.attributes["dead_letter_queue"] is None
+    with pytest.raises(QueueAlreadyExists):  # create compares with the attributes as they are now
+        client.create_queue(name, partitions=2, max_message_bytes=1_000, visibility_timeout_ms=30_000)
+    with pytest.raises(InvalidRequest, match="'partitions'"):
+        client.update_queue(name, partitions=3)
+    with pytest.raises(InvalidRequest, match="'dead_letter_queue'"):
+        client.update_queue(name, max_receives=2)  # a dead-letter queue is needed, and it has none now
+    with pytest.raises(InvalidRequest, match="its own"):
+        client.update_queue(name, dead_letter_queue=name, max_receives=2)
+    with pytest.raises(QueueNotFound):
+        client.update_queue(name, dead_letter_queue=fresh("nowhere"), max_receives=2)
+    with pytest.raises(QueueNotFound):
+        client.update_queue(fresh("missing"), delay_ms=1)
+
+
+def test_a_receive_leases_for_what_the_client_times_its_extensions_by(dmq: LocalCluster, client: Client) -> None:
+    """A client whose copy of the queue's attributes predates an update_queue asks for the visibility timeout it
+    knows, so the node's lease and the client's lease keeper agree; it sees the update at its next lookup."""
+    name = fresh("stale")
+    client.create_queue(name, visibility_timeout_ms=20_000)
+    with Client(dmq.addresses) as other:
+        other.send(name, b"first")  # caches the route, with the 20 s timeout
+        client.update_queue(name, visibility_timeout_ms=2_000)
+        with dmq.connect(0) as raw:
+            def lease_of_a_plain_receive() -> float:  # a receive without a timeout gets the queue's
+                [received] = raw.call("receive", {"queue": name, "wait_ms": 2_000})
+                (peeked,) = client.peek(name)
+                raw.call("change_visibility", {"queue": name, "entries": [[received["receipt"], 0]]})
+                return peeked.visible_at - time.time() * 1000
+
+            deadline = time.monotonic() + 10
+            while lease_of_a_plain_receive() > 5_000 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert lease_of_a_plain_receive() <= 5_000, "the partition did not apply the update"
+        (message,) = other.receive(name, wait_seconds=2)
+        assert message.visibility_timeout == 20.0
+        (peeked,) = client.peek(name)
+        assert peeked.state == "in_flight" and peeked.visible_at - time.time() * 1000 > 10_000
+        message.delete()
+        other._async._router.forget(name)  # what its next lookup (at most 30 s later) does
+        other.send(name, b"second")
+        (message,) = other.receive(name, wait_seconds=2)
+        assert message.visibility_timeout == 2.0
+        message.delete()
 
 
 def test_peek_shows_messages_in_every_state_without_receiving_them(dmq: LocalCluster, client: Client) -> None:
@@ -486,6 +583,7 @@ def test_async_client_every_operation(dmq: LocalCluster) -> None:
             assert len(set(ids)) == 50
             assert len(await c.send_batch(name, [b"b1", b"b2"])) == 2
             assert (await c.get_queue(name)).stats["count"] == 52
+            assert (await c.update_queue(name, delay_ms=0, receive_wait_ms=100)).attributes["receive_wait_ms"] == 100
             assert len(await c.peek(name, max_messages=100)) == 52
             got: list[bytes] = []
             for _ in range(100):

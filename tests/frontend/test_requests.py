@@ -193,7 +193,8 @@ def test_cluster_status():
 
 # ---------------------------------------------------------------------------------------------- operation and envelope
 
-REQUIRED = {"create_queue": {"name": "q"}, "delete_queue": {"name": "q"}, "get_queue": {"name": "q"},
+REQUIRED = {"create_queue": {"name": "q"}, "update_queue": {"name": "q", "attributes": {"delay_ms": 0}},
+            "delete_queue": {"name": "q"}, "get_queue": {"name": "q"},
             "list_queues": {}, "purge_queue": {"name": "q"}, "send": {"queue": "q", "messages": [{"body": b""}]},
             "receive": {"queue": "q"}, "peek": {"queue": "q"}, "delete": {"queue": "q", "receipts": [RECEIPT]},
             "change_visibility": {"queue": "q", "entries": [[RECEIPT, 1]]}, "redrive": {"queue": "q"},
@@ -238,7 +239,8 @@ def test_unknown_fields_in_a_message_and_in_attributes():
 
 BAD_NAMES = ["", "a" * 81, "a b", "a.b", "a/b", "\u00e4", "q\n", "q\x00", 5, None, b"q", ["q"], True]
 NAME_FIELDS = [
-    ("create_queue", {}, "name"), ("delete_queue", {}, "name"), ("get_queue", {}, "name"),
+    ("create_queue", {}, "name"), ("update_queue", {"attributes": {"delay_ms": 1}}, "name"),
+    ("delete_queue", {}, "name"), ("get_queue", {}, "name"),
     ("purge_queue", {}, "name"), ("lookup", {}, "name"),
     ("send", {"messages": [{"body": b""}]}, "queue"), ("receive", {}, "queue"), ("peek", {}, "queue"),
     ("delete", {"receipts": [RECEIPT]}, "queue"), ("change_visibility", {"entries": [[RECEIPT, 1]]}, "queue"),
@@ -261,6 +263,7 @@ def test_queue_name_edges():
 
 def test_missing_required_fields():
     invalid("create_queue", {}, "'name'")
+    invalid("update_queue", {"name": "q"}, "'attributes'")
     invalid("send", {"queue": "q"}, "'messages'")
     invalid("send", {"messages": [{"body": b""}]}, "'queue'")
     invalid("receive", {}, "'queue'")
@@ -287,6 +290,8 @@ INT_FIELDS = [  # (op, base args, where the field goes, field, low, high)
     ("create_queue", {"name": "q"}, "attributes", "partitions", 1, 64),
     ("create_queue", {"name": "q"}, "attributes", "receive_wait_ms", 0, 20_000),
     *[("create_queue", {"name": "q"}, "attributes", name, low, high) for name, (low, high) in INT_RANGES.items()],
+    ("update_queue", {"name": "q"}, "attributes", "receive_wait_ms", 0, 20_000),
+    *[("update_queue", {"name": "q"}, "attributes", name, low, high) for name, (low, high) in INT_RANGES.items()],
 ]
 
 
@@ -306,8 +311,8 @@ def test_integer_fields(op, base, where, field, low, high):
         message = invalid(op, _with(base, where, field, bad), f"'{field}'")
         assert str(low) in message and str(high) in message
     for good in (low, high, (low + high) // 2):
-        if field == "max_receives" and good:
-            continue  # needs a dead-letter queue: tested below
+        if field == "max_receives" and good and op == "create_queue":
+            continue  # needs a dead-letter queue: tested below (an update's is checked with the queue's own)
         parse(op, _with(base, where, field, good))
 
 
@@ -342,14 +347,16 @@ def test_replication_rejects(value):
 def test_ack_mode():
     assert create(ack_mode="quorum").attributes.ack_mode == "quorum"
     assert create(ack_mode="leader").attributes.ack_mode == "leader"
-    for value in ("QUORUM", "fast", "", 1, None, ["leader"], b"leader"):
+    assert create(ack_mode=None).attributes.ack_mode == "quorum"  # null is the default, as for every attribute
+    for value in ("QUORUM", "fast", "", 1, ["leader"], b"leader"):
         invalid("create_queue", {"name": "q", "attributes": {"ack_mode": value}}, "'ack_mode'")
 
 
 def test_fifo():
     assert create(fifo=True).attributes.store == (("fifo", True),)
     assert create(fifo=False).attributes.store == (("fifo", False),)
-    for value in (1, 0, "true", None, [True]):
+    assert create(fifo=None).attributes.store == ()
+    for value in (1, 0, "true", [True]):
         invalid("create_queue", {"name": "q", "attributes": {"fifo": value}}, "'fifo'")
 
 
@@ -374,6 +381,50 @@ def test_dead_letter_queue_and_max_receives_go_together():
 @pytest.mark.parametrize("value", [[], [["partitions", 2]], "x", 1, True, b""])
 def test_attributes_must_be_a_map(value):
     invalid("create_queue", {"name": "q", "attributes": value}, "'attributes'")
+    invalid("update_queue", {"name": "q", "attributes": value}, "'attributes'")
+
+
+def update(**changes: Any) -> rq.UpdateQueue:
+    return parse("update_queue", {"name": "q", "attributes": changes})
+
+
+def test_update_queue_takes_the_changeable_attributes_each_checked_alone():
+    changes = {"ack_mode": "leader", "receive_wait_ms": 20_000, "dead_letter_queue": "dlq", "max_receives": 3,
+               "max_messages": 7, "max_message_bytes": 1024, "retention_ms": 60_000, "visibility_timeout_ms": 0,
+               "delay_ms": 900_000, "dedup_window_ms": 1_000}
+    assert set(changes) == set(rq.CHANGEABLE_ATTRIBUTES)
+    assert update(**changes) == rq.UpdateQueue("q", tuple(sorted(changes.items())))
+    # Alone: the pairing of a dead-letter queue with max_receives is checked against the queue's attributes.
+    assert update(max_receives=5).changes == (("max_receives", 5),)
+    assert update(dead_letter_queue=None, max_receives=None).changes == (("dead_letter_queue", None),
+                                                                         ("max_receives", None))
+    for name in rq.FIXED_ATTRIBUTES:
+        message = invalid("update_queue", {"name": "q", "attributes": {name: 3, "delay_ms": 0}}, f"'{name}'")
+        assert "cannot change" in message
+    invalid("update_queue", {"name": "q", "attributes": {}}, "'attributes'")
+    invalid("update_queue", {"name": "q", "attributes": {"colour": 1}}, "'colour'")
+    invalid("update_queue", {"name": "q", "attributes": {"ack_mode": "fast"}}, "'ack_mode'")
+    invalid("update_queue", {"name": "q", "attributes": {"dead_letter_queue": "a b"}}, "'dead_letter_queue'")
+
+
+def test_updated_attributes_are_the_queue_s_own_with_the_changes_checked_whole():
+    current = create(partitions=4, max_messages=100, visibility_timeout_ms=5_000).attributes.to_dict()
+    current["replication"] = 3
+    changed = rq.updated_attributes(current, update(visibility_timeout_ms=9_000, delay_ms=10).changes)
+    assert changed == {**current, "visibility_timeout_ms": 9_000, "delay_ms": 10}
+    assert rq.updated_attributes(current, update(max_messages=100).changes) == current  # no change at all
+    # null: back to the default, stored as create_queue stores a default (left out)
+    reset = rq.updated_attributes(current, update(visibility_timeout_ms=None, ack_mode=None).changes)
+    assert "visibility_timeout_ms" not in reset and reset["ack_mode"] == "quorum"
+    with pytest.raises(RequestError, match="'dead_letter_queue'"):
+        rq.updated_attributes(current, update(max_receives=3).changes)
+    with_dlq = rq.updated_attributes(current, update(dead_letter_queue="dlq", max_receives=3).changes)
+    assert (with_dlq["dead_letter_queue"], with_dlq["max_receives"]) == ("dlq", 3)
+    assert rq.updated_attributes(with_dlq, update(max_receives=9).changes)["max_receives"] == 9
+    with pytest.raises(RequestError, match="'max_receives'"):
+        rq.updated_attributes(with_dlq, update(max_receives=None).changes)
+    cleared = rq.updated_attributes(with_dlq, update(dead_letter_queue=None, max_receives=None).changes)
+    assert cleared == current
 
 
 # ---------------------------------------------------------------------------------------------- send fields
@@ -495,7 +546,7 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5) | st.di
 args_maps = st.dictionaries(st.sampled_from(FIELDS) | keys, values, max_size=6)
 ops = st.one_of(st.sampled_from(rq.OPERATIONS), values)
 
-RESULT_TYPES = (rq.CreateQueue, rq.QueueOp, rq.PurgeQueue, rq.ListQueues, rq.Send, rq.Receive, rq.Peek, rq.Delete,
+RESULT_TYPES = (rq.CreateQueue, rq.UpdateQueue, rq.QueueOp, rq.PurgeQueue, rq.ListQueues, rq.Send, rq.Receive, rq.Peek, rq.Delete,
                 rq.ChangeVisibility, rq.Redrive, rq.ClusterStatus)
 NAME = re.compile(r"[A-Za-z0-9_-]{1,80}\Z")
 
@@ -532,6 +583,20 @@ def _check(request: Any) -> None:
         assert (a.dead_letter_queue is not None) == bool(store.get("max_receives"))
         if a.dead_letter_queue is not None:
             assert NAME.match(a.dead_letter_queue)
+    elif isinstance(request, rq.UpdateQueue):
+        assert request.changes and len({name for name, _ in request.changes}) == len(request.changes)
+        for name, value in request.changes:
+            assert name in rq.CHANGEABLE_ATTRIBUTES
+            if value is None:
+                continue
+            if name in INT_RANGES:
+                _check_int(value, *INT_RANGES[name])
+            elif name == "receive_wait_ms":
+                _check_int(value, 0, 20_000)
+            elif name == "ack_mode":
+                assert value in ("quorum", "leader")
+            else:
+                assert NAME.match(value)
     elif isinstance(request, rq.PurgeQueue):
         _check_key(request.purge_id)
     elif isinstance(request, rq.Send):
@@ -608,6 +673,9 @@ plausible = {
                                   optional={"partition": values | st.integers(0, 3),
                                             "batch_id": values | st.sampled_from(["b", "k" * 129])}),
     "create_queue": st.fixed_dictionaries({"name": st.just("q") | values},
+                                          optional={"attributes": st.dictionaries(
+                                              st.sampled_from(FIELDS), values, max_size=6) | values}),
+    "update_queue": st.fixed_dictionaries({"name": st.just("q") | values},
                                           optional={"attributes": st.dictionaries(
                                               st.sampled_from(FIELDS), values, max_size=6) | values}),
     "change_visibility": st.fixed_dictionaries({"queue": st.just("q"), "entries": st.lists(

@@ -34,10 +34,14 @@ create = st.fixed_dictionaries({
 delete = st.fixed_dictionaries({"op": st.just("delete_queue"), "now": nows, "name": names})
 heartbeat = st.fixed_dictionaries({"op": st.just("heartbeat"), "now": nows, "node": node_ids,
                                    "leading": st.lists(st.sampled_from(["q1.p0", "q1.p1", "q2.p0"]), max_size=4)})
-valid = create | delete | heartbeat
+attrs = st.sampled_from([{}, {"fifo": True}, {"a": 1}])
+update = st.fixed_dictionaries({"op": st.just("update_queue"), "now": nows, "name": names, "id": st.integers(1, 4),
+                                "attrs": attrs, "previous": attrs})
+valid = create | update | delete | heartbeat
 # A valid command with one field replaced, dropped or added: malformed in the ways a sender gets wrong.
 mutated = st.builds(lambda command, field, value: {**command, field: value}, valid,
-                    st.sampled_from(["op", "now", "name", "attrs", "partitions", "max_queues", "node", "leading"]),
+                    st.sampled_from(["op", "now", "name", "attrs", "partitions", "max_queues", "node", "leading",
+                                     "id", "previous"]),
                     values)
 garbage = values | st.builds(lambda command, field: {k: v for k, v in command.items() if k != field}, valid,
                              st.sampled_from(["op", "now", "name", "node"]))
@@ -83,6 +87,14 @@ def test_random_commands_keep_the_store_consistent(commands: list[Any]) -> None:
                         assert result["id"] > highest_id
                         highest_id = result["id"]
                         names.add(command["name"])
+                    elif op == "update_queue":  # only the queue it names, only its attrs, from `previous`
+                        old = next(q for q in before["queues"] if q["name"] == command["name"])
+                        assert old["id"] == command["id"] and old["attrs"] == command["previous"]
+                        assert result == store.get_queue(command["name"])
+                        assert result["attrs"] == command["attrs"]
+                        assert result["initial_attrs"] == old.get("initial_attrs", old["attrs"])
+                        assert [q for q in store.snapshot()["queues"] if q["name"] != command["name"]] == [
+                            q for q in before["queues"] if q["name"] != command["name"]]
                     elif op == "delete_queue":
                         names.remove(command["name"])
                 assert store.applied_index == index

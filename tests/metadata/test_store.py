@@ -7,8 +7,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from dmq_server.metadata import (MetadataStore, MetadataStoreFactory, QueueAlreadyExists, QueueNotFound,
-                                 TooManyNodes, TooManyQueues, limits, partition_group_id)
+from dmq_server.metadata import (MetadataStore, MetadataStoreFactory, QueueAlreadyExists, QueueChanged,
+                                 QueueNotFound, TooManyNodes, TooManyQueues, limits, partition_group_id)
 from dmq_server.store import CommandError, InvalidCommand, UnknownOperation
 
 from .harness import T0, Driver
@@ -54,6 +54,37 @@ def test_delete_queue_and_ids_are_never_reused(meta: Driver) -> None:
         meta.apply("delete_queue", name="orders")
     assert raised.value.code == "QueueNotFound" and meta.store.version == 2
     assert meta.create("orders")["id"] == 2
+
+
+def test_update_queue_replaces_the_attrs_and_keeps_the_initial_ones(meta: Driver) -> None:
+    created = meta.create("orders", attrs={"a": 1})
+    meta.now += 1_000
+    updated = meta.apply("update_queue", name="orders", id=1, attrs={"a": 2}, previous={"a": 1})
+    assert updated == {**created, "attrs": {"a": 2}, "initial_attrs": {"a": 1}, "updated_at": T0 + 1_000}
+    assert meta.store.get_queue("orders") == updated and meta.store.version == meta.index
+    again = meta.apply("update_queue", name="orders", id=1, attrs={"a": 3, "b": [1]}, previous={"a": 2})
+    assert again["initial_attrs"] == {"a": 1} and again["attrs"] == {"a": 3, "b": [1]}  # the first ones stay
+    with pytest.raises(QueueAlreadyExists):  # create compares with the attributes as they are now
+        meta.create("orders", attrs={"a": 1})
+    assert meta.create("orders", attrs={"a": 3, "b": [1]}) == again
+    meta.reopen()
+    assert meta.store.get_queue("orders") == again
+
+
+def test_update_queue_is_a_compare_and_set_on_the_queue_and_its_attrs(meta: Driver) -> None:
+    meta.create("orders", attrs={"a": 1})
+    meta.apply("update_queue", name="orders", id=1, attrs={"a": 2}, previous={"a": 1})
+    with pytest.raises(QueueChanged) as raised:  # computed from the attributes before the first update
+        meta.apply("update_queue", name="orders", id=1, attrs={"a": 5}, previous={"a": 1})
+    assert raised.value.code == "QueueChanged"
+    meta.apply("delete_queue", name="orders")
+    meta.create("orders", attrs={"a": 2})  # id 2
+    version = meta.store.version
+    with pytest.raises(QueueNotFound):  # computed for the deleted queue
+        meta.apply("update_queue", name="orders", id=1, attrs={"a": 5}, previous={"a": 2})
+    with pytest.raises(QueueNotFound):
+        meta.apply("update_queue", name="missing", id=1, attrs={}, previous={})
+    assert meta.store.get_queue("orders")["attrs"] == {"a": 2} and meta.store.version == version
 
 
 def test_heartbeat_records_the_node_and_bumps_leaders_version_only_on_change(meta: Driver) -> None:
@@ -111,6 +142,16 @@ BAD_COMMANDS: list[tuple[Any, type[CommandError]]] = [
     ({"op": "heartbeat", "now": T0, "node": "n1", "leading": ["g"] * 65_537}, InvalidCommand),
     ({"op": "delete_queue", "now": T0, "name": "a b"}, InvalidCommand),
     ({"op": "delete_queue", "now": T0, "name": "ok"}, QueueNotFound),
+    ({"op": "update_queue", "now": T0, "name": "existing", "attrs": {}, "previous": {}}, InvalidCommand),
+    ({"op": "update_queue", "now": T0, "name": "existing", "id": 0, "attrs": {}, "previous": {}}, InvalidCommand),
+    ({"op": "update_queue", "now": T0, "name": "existing", "id": 1, "attrs": [], "previous": {}}, InvalidCommand),
+    ({"op": "update_queue", "now": T0, "name": "existing", "id": 1, "attrs": {}, "previous": None},
+     InvalidCommand),
+    ({"op": "update_queue", "now": T0, "name": "existing", "id": 1, "attrs": {1: 2}, "previous": {}},
+     InvalidCommand),
+    ({"op": "update_queue", "now": T0, "name": "existing", "id": 1, "attrs": {}, "previous": {"x": 1}},
+     QueueChanged),
+    ({"op": "update_queue", "now": T0, "name": "existing", "id": 2, "attrs": {}, "previous": {}}, QueueNotFound),
 ]
 CREATE = {"op": "create_queue", "now": T0, "name": "q", "attrs": {}, "partitions": [["n1"]], "max_queues": 10}
 BAD_CREATES: list[tuple[dict[str, Any], type[CommandError]]] = [

@@ -28,6 +28,7 @@ from dmq_client.connection import Connection
 from dmq_client.errors import (DmqError, Forbidden, MessageTooLarge, QueueAlreadyExists, QueueNotFound,
                                Unauthorized, Unavailable)
 from dmq_server.raft.log import group_keys
+from dmq_server.store import PartitionStore
 
 from .nodes import ADMIN_TOKEN, CONSUMER_TOKEN, PRODUCER_TOKEN, Cluster
 
@@ -986,3 +987,46 @@ def test_send_with_batch_id_retried_on_another_node(cluster: Cluster, conns: lis
         conns[elsewhere].call("send", {**args, "messages": [{"body": b"one"}]})
     assert refused.value.code == protocol.ErrorCode.INVALID_REQUEST
     assert conns[0].call("get_queue", {"name": "batch-retry"})["stats"]["count"] == 3  # in flight; no new one
+
+
+def test_a_replica_that_starts_after_an_update_replays_the_log_as_the_others_did(fresh_cluster: Cluster) -> None:
+    """A node down while a queue is created and then updated builds its replica later, by replaying the
+    partition's log. It must start from the attributes the queue was created with: starting from the updated
+    ones, it would judge the old sends by the new limit and hold other messages than the replicas that took
+    them (here max_messages 10 → 2: 2 of the first 5 sends instead of 5)."""
+    cluster = fresh_cluster
+    late = 2
+    cluster.stop(late)
+    with cluster.connect(0) as conn:
+        created = conn.call("create_queue", {"name": "late", "attributes": {"max_messages": 10}})
+        assert cluster.client_addresses[late] in created["partitions"][0]["replicas"]
+        send(conn, "late", *[b"m%d" % i for i in range(5)])
+        updated = conn.call("update_queue", {"name": "late", "attributes": {"max_messages": 2}})
+        assert updated["attributes"]["max_messages"] == 2 and updated["id"] == created["id"]
+        accepted = 5
+
+        def full() -> bool:  # the partition's leader has applied the update once a send is refused
+            nonlocal accepted
+            [result] = conn.call("send", {"queue": "late", "messages": [{"body": b"more"}]})
+            accepted += "error" not in result
+            return result.get("error", {}).get("code") == "QueueFull"
+
+        eventually(full, 10, "a send refused under the updated max_messages", interval=0.1)
+        count = conn.call("get_queue", {"name": "late"})["stats"]["count"]
+        assert count == accepted >= 5
+    group_id = f"q{created['id']}.p0"
+    cluster.start(late)
+    cluster.wait_ready([late], timeout=20)
+
+    def applied(i: int) -> float:
+        return total([scrape(cluster.metrics_addresses[i])], "dmq_partition_applied_index", queue="late")
+
+    leader_commit = total([scrape(cluster.metrics_addresses[0])], "dmq_partition_commit_index", queue="late")
+    eventually(lambda: applied(late) >= leader_commit, 20, "the late replica to apply the partition's log")
+    cluster.stop(late)
+    store = PartitionStore(str(cluster.data_dirs[late] / "partitions" / group_id / "store"))
+    try:
+        assert store.config()["max_messages"] == 2
+        assert store.stats(int(time.time() * 1000))["count"] == count
+    finally:
+        store.close()
