@@ -46,9 +46,7 @@ class LocalPartition:
         self.batcher.on_enqueued = self.wake
         self._waiters: set[asyncio.Future[bool]] = set()
         self.config = QueueConfig.from_dict(group.query(lambda store: store.config()))
-        # What follow_attributes last brought the partition to, and from which attributes.
-        self._followed: QueueConfig | None = None
-        self._followed_attrs: dict[str, Any] | None = None
+        self._followed_attrs: dict[str, Any] | None = None  # the attributes follow_attributes last applied
 
     # ------------------------------------------------------------------ long polls
 
@@ -212,7 +210,8 @@ class LocalPartition:
             return
         self.batcher.ack = AckMode(attrs.get("ack_mode", "quorum"))
         wanted = partition_config(attrs, partitions)
-        if wanted != self._followed:
+        # The first time, `config` (read when this node became leader) may predate committed changes: look.
+        if self._followed_attrs is None or wanted != self.config:
             await self._caught_up()  # the configuration in place includes every committed change
             current = QueueConfig.from_dict(self.group.query(lambda store: store.config()))
             changes = {name: value for name, value in wanted.to_dict().items()
@@ -220,7 +219,7 @@ class LocalPartition:
             if changes:
                 current = QueueConfig.from_dict(await self.command({"op": "configure", "now": _now_ms(),
                                                                     "attrs": changes}))
-            self.config = self._followed = current
+            self.config = current
         self._followed_attrs = attrs
 
     async def _caught_up(self) -> None:

@@ -438,6 +438,6 @@ OPERATIONS = ("create_queue", "update_queue", "delete_queue", "get_queue", "list
 # The permission each operation needs on its queue ("admin", "send" or "receive"); None: any principal.
 PERMISSION = {
     "create_queue": "admin", "update_queue": "admin", "delete_queue": "admin", "purge_queue": "admin",
-    "get_queue": None, "send": "send", "receive": "receive", "peek": "receive", "delete": "receive", "change_visibility": "receive",
-    "redrive": "admin", "lookup": None, "list_queues": None, "cluster_status": None,
+    "get_queue": None, "send": "send", "receive": "receive", "peek": "receive", "delete": "receive",
+    "change_visibility": "receive", "redrive": "admin", "lookup": None, "list_queues": None, "cluster_status": None,
 }
